@@ -1,0 +1,258 @@
+"""picows load client for bench/run.py: one async function per scenario.
+
+Every function talks to one server URL on 127.0.0.1, is bounded in message
+count and wall time, closes its connections before returning and returns a
+dict of figures (floats). A server that stops answering raises Stalled.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Optional, Union
+
+from picows import WSListener, WSMsgType, WSTransport, ws_connect
+
+MAX_FRAME = 4 * 1024 * 1024  # room for the 1 MiB echo
+# Seconds to wait for any single connect, echo or close before calling the
+# server stalled; run.py lowers it for --quick so a broken server fails fast.
+PATIENCE = 10.0
+
+
+class Stalled(Exception):
+    """The server accepted a message but did not echo it in time."""
+
+
+class Echo(WSListener):
+    """Counts complete messages (reassembling fragments) and wakes one waiter."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[WSTransport] = None
+        self.got = 0          # complete messages received
+        self.partial = 0      # bytes of a fragmented message so far
+        self.last_size = 0    # size of the last complete message
+        self.want = 0
+        self.waiter: Optional[asyncio.Future[None]] = None
+        self.closed = False
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.CLOSE:
+            # Answer the server's close and drop the TCP connection.
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+            return
+        if kind not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            return  # pings are answered by picows itself
+        self.partial += frame.payload_size
+        if not frame.fin:
+            return
+        self.last_size, self.partial = self.partial, 0
+        self.got += 1
+        if self.waiter is not None and self.got >= self.want and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("server closed the connection"))
+
+    async def wait_for_count(self, n: int, timeout: float) -> None:
+        """Return once n messages in total have been received; Stalled after
+        timeout. (A bare call_later, not asyncio.wait_for: it is several times
+        cheaper per message, and the client must stay cheap on 2 cores.)"""
+        if self.got >= n:
+            return
+        if self.closed:
+            raise ConnectionError("server closed the connection")
+        self.want = n
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._expire, waiter, n - self.got, timeout)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    def _expire(waiter: asyncio.Future, missing: int, timeout: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(Stalled(f"{missing} echo(es) missing after {timeout:.0f} s"))
+
+
+async def connect(url: str, timeout: Optional[float] = None) -> tuple[WSTransport, Echo]:
+    timeout = timeout or PATIENCE
+    transport, listener = await asyncio.wait_for(
+        ws_connect(Echo, url, max_frame_size=MAX_FRAME, websocket_handshake_timeout=timeout),
+        timeout)
+    return transport, listener
+
+
+def close(transport: WSTransport) -> None:
+    transport.send_close()
+    transport.disconnect()
+
+
+async def round_trip(t: WSTransport, e: Echo, payload: bytes, timeout: float) -> float:
+    """Send one text message, wait for its echo; return seconds taken."""
+    start = time.perf_counter()
+    t.send(WSMsgType.TEXT, payload)
+    await e.wait_for_count(e.got + 1, timeout)
+    if e.last_size != len(payload):
+        raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
+    return time.perf_counter() - start
+
+
+def pct(values: list[float], q: float, scale: float) -> Union[float, str]:
+    """q-th percentile (0..100) by nearest rank, times scale; "fail" if no samples."""
+    if not values:
+        return "fail"
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] * scale
+
+
+def msg32() -> bytes:
+    return b"0123456789abcdef0123456789abcdef"
+
+
+async def _echo_loop(t: WSTransport, e: Echo, deadline: float, cap: int,
+                     lat: list[float]) -> None:
+    payload = msg32()
+    for _ in range(cap):
+        if time.perf_counter() >= deadline:
+            break
+        lat.append(await round_trip(t, e, payload, PATIENCE))
+
+
+async def s1_single(url: str, duration: float, cap: int) -> dict:
+    """One connection, 32-byte round trips back to back."""
+    t, e = await connect(url)
+    lat: list[float] = []
+    start = time.perf_counter()
+    try:
+        await _echo_loop(t, e, start + duration, cap, lat)
+    finally:
+        close(t)
+    elapsed = time.perf_counter() - start
+    return {"msgs": len(lat), "rate": len(lat) / elapsed,
+            "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
+
+
+async def s2_concurrent(url: str, conns: int, duration: float, cap: int) -> dict:
+    """`conns` connections, each doing 32-byte round trips back to back."""
+    pairs = await asyncio.gather(*(connect(url) for _ in range(conns)))
+    lat: list[float] = []
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(_echo_loop(t, e, start + duration, cap, lat) for t, e in pairs))
+    finally:
+        for t, _ in pairs:
+            close(t)
+    elapsed = time.perf_counter() - start
+    return {"msgs": len(lat), "rate": len(lat) / elapsed,
+            "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
+
+
+async def s3_large(url: str, size: int, count: int) -> dict:
+    """Round trips of `size` ASCII bytes; Stalled if one takes over PATIENCE."""
+    payload = b"x" * size
+    t, e = await connect(url)
+    lat: list[float] = []
+    try:
+        for _ in range(count):
+            lat.append(await round_trip(t, e, payload, PATIENCE))
+    finally:
+        close(t)
+    return {"msgs": len(lat), "mibps": size * len(lat) / sum(lat) / 2**20,
+            "p50": pct(lat, 50, 1e3)}
+
+
+async def _one_session(url: str) -> float:
+    """Connect, one echo, close handshake; return seconds for the whole life."""
+    start = time.perf_counter()
+    t, e = await connect(url)
+    try:
+        await round_trip(t, e, msg32(), PATIENCE)
+        t.send_close()
+        # Wait for the server's close reply (Echo disconnects on it), bounded.
+        await asyncio.wait_for(t.wait_disconnected(), PATIENCE)
+    finally:
+        t.disconnect()
+    return time.perf_counter() - start
+
+
+async def s4_conn_rate(url: str, parallel: int, duration: float, cap: int) -> dict:
+    """`parallel` workers doing connect + handshake + one echo + close in a loop."""
+    lat: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    deadline = start + duration
+    budget = iter(range(cap))  # shared across workers: bounds the total count
+
+    async def worker() -> None:
+        nonlocal errors
+        for _ in budget:
+            if time.perf_counter() >= deadline:
+                return
+            try:
+                lat.append(await _one_session(url))
+            except Exception:  # refused, reset, timed out: counted, not fatal
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    elapsed = time.perf_counter() - start
+    return {"conns": len(lat), "rate": len(lat) / elapsed, "p50": pct(lat, 50, 1e3),
+            "p99": pct(lat, 99, 1e3), "errors": errors}
+
+
+async def _paced(n: int, rate: float, make) -> list:
+    """Start make(i) for i < n at `rate` per second; gather results/exceptions."""
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(make(i)))
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def s5_held(url: str, n: int, rate: float,
+                  sample: Callable[[int], dict[str, float]]) -> dict:
+    """Open n connections at `rate`/s and hold them; sample() the server while
+    all are held; then one echo each (also paced), then close all."""
+    opened = await _paced(n, rate, lambda i: connect(url))
+    pairs = [p for p in opened if not isinstance(p, BaseException)]
+    try:
+        await asyncio.sleep(1.0)  # let the server finish spawning before measuring
+        figures = sample(len(pairs))
+        lat = await _paced(len(pairs), rate,
+                           lambda i: round_trip(*pairs[i], msg32(), PATIENCE))
+        ok = [x for x in lat if isinstance(x, float)]
+    finally:
+        for t, _ in pairs:
+            close(t)
+    figures.update({"opened": len(pairs), "ok": len(ok), "p99": pct(ok, 99, 1e3)})
+    return figures
+
+
+async def s6_pipelined(url: str, depth: int, duration: float, cap: int) -> dict:
+    """One connection: send `depth` messages, then read `depth` echoes; repeat."""
+    t, e = await connect(url)
+    payload = msg32()
+    sent = 0
+    start = time.perf_counter()
+    try:
+        for _ in range(cap):
+            if time.perf_counter() >= start + duration:
+                break
+            for _ in range(depth):
+                t.send(WSMsgType.TEXT, payload)
+            sent += depth
+            await e.wait_for_count(sent, PATIENCE)
+    finally:
+        close(t)
+    elapsed = time.perf_counter() - start
+    return {"msgs": e.got, "rate": e.got / elapsed}

@@ -1,0 +1,458 @@
+#!/usr/bin/env python3
+"""Benchmark wsexec against websocketd 0.4.1 with the same child (`cat`).
+
+    python3 bench/run.py [--quick] [--scenarios S1,S2,...] [--rounds N] [--out bench/RESULTS.md]
+
+Each scenario runs on both servers, alternating websocketd, wsexec, websocketd,
+wsexec ... for N rounds; every run gets a freshly started server so that a
+stalled child or a leak in one scenario cannot bleed into the next. This
+process is the load client (picows, see loadgen.py); server-side figures come
+from /proc of the server's process tree. See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib
+import importlib.metadata
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Optional, Union
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+Value = Union[float, str]  # a figure, or a status word: fail / stalled / timeout
+
+
+# ---------------------------------------------------------------- setup
+
+def ensure_deps() -> None:
+    """Install websocketd and picows when missing (the machines are rebuilt)."""
+    if not shutil.which("websocketd") and not Path("/usr/bin/websocketd").exists():
+        subprocess.run(["apt-get", "update"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "websocketd"], check=True)
+    try:
+        importlib.import_module("picows")
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "picows"], check=True)
+        importlib.invalidate_caches()
+
+
+def raise_fd_limit() -> None:
+    """S5 holds thousands of sockets here too: use the whole hard limit.
+    The servers inherit it (websocketd and wsexec need ~4 fds per connection)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------- /proc
+
+def _stat(pid: int) -> Optional[list[str]]:
+    """Fields of /proc/PID/stat after the command name (index 0 is field 3)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(root: int) -> list[int]:
+    """All live (or zombie) descendants of root, by walking ppid links."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st:
+                children.setdefault(int(st[1]), []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _kib(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Snap:
+    cpu: float      # s: server + live descendants, utime+stime+cutime+cstime
+    rss_kib: int    # server process only
+    pss_kib: int    # server + descendants (0 unless asked for: smaps is slow)
+    fds: int        # open fds of the server process
+    children: int   # descendants still present (zombies count: unreaped is a leak)
+
+
+def snapshot(pid: int, pss: bool = False) -> Snap:
+    tree = [pid] + descendants(pid)
+    cpu = 0.0
+    for p in tree:
+        st = _stat(p)
+        if st:  # cutime/cstime carry the CPU of children already reaped
+            cpu += sum(int(st[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = 0
+    return Snap(cpu=cpu, rss_kib=_kib(f"/proc/{pid}/status", "VmRSS:"),
+                pss_kib=sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in tree) if pss else 0,
+                fds=fds, children=len(tree) - 1)
+
+
+def _client_cpu() -> float:
+    """CPU seconds of this (client) process so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def settle(pid: int, limit: float) -> int:
+    """Wait (bounded) for the server to reap its children; return how many remain."""
+    deadline = time.monotonic() + limit
+    while True:
+        left = len(descendants(pid))
+        if left == 0 or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- servers
+
+class StartError(Exception):
+    pass
+
+
+def log_tail(log: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `cmd --port P --address 127.0.0.1 cat` and wait until P accepts."""
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd + ["--port", str(port), "--address", "127.0.0.1", "cat"],
+                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    deadline = time.monotonic() + 15
+    while True:
+        if proc.poll() is not None:
+            raise StartError(f"{cmd[0]} exited with {proc.returncode}: {log_tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return proc, f"ws://127.0.0.1:{port}/"
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_server(proc)
+                raise StartError(f"{cmd[0]} did not listen on {port} within 15 s (log: {log})")
+            time.sleep(0.05)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """End the server's process group, then any descendant that left it, by PID."""
+    kids = descendants(proc.pid)
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for pid in kids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------- scenarios
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    better: str       # "higher", "lower", or "0" (must be zero)
+    fmt: str = "{:.0f}"
+
+
+Sample = Callable[[int], dict]
+
+
+@dataclass
+class Scenario:
+    sid: str
+    title: str
+    run: Callable[[str, Sample], Awaitable[dict]]
+    figures: list[Figure]
+    ceiling: float                 # s: whole-run time limit
+    per_op: Optional[str] = None   # figure key counting operations, for CPU per op
+    op: str = "msg"
+    settle: float = 5.0            # s allowed for children to be reaped after the run
+    stall_word: str = "timeout"    # what a ceiling hit is called in the table
+
+    def all_figures(self) -> list[Figure]:
+        extra = [Figure("cpu_us", f"server CPU µs/{self.op}", "lower")] if self.per_op else []
+        return self.figures + extra + [Figure("left", "children left after", "0")]
+
+
+def make_scenarios(quick: bool) -> list[Scenario]:
+    import loadgen as lg  # after ensure_deps: it imports picows
+
+    lg.PATIENCE = 3.0 if quick else 10.0
+    dur, cap = (0.3, 2_000) if quick else (3.0, 200_000)
+    s3n = 2 if quick else 10
+    held = (50, 100) if quick else (1_000, 4_500)
+    rate = 500.0
+    lat = [Figure("rate", "messages/s", "higher"), Figure("p50", "p50 µs", "lower"),
+           Figure("p99", "p99 µs", "lower")]
+    big = [Figure("mibps", "MiB/s one way", "higher", "{:.1f}"),
+           Figure("p50", "p50 ms", "lower", "{:.2f}")]
+
+    def s5(n: int) -> Scenario:
+        return Scenario(
+            f"S5{'ab'[n == held[1]]}", f"{n:,} held (opened {rate:.0f}/s, then one echo each)",
+            lambda url, sample: lg.s5_held(url, n, rate, sample),
+            [Figure("opened", "connections opened", "higher"),
+             Figure("ok", "first echoes answered", "higher"),
+             Figure("p99", "first-echo p99 ms", "lower", "{:.1f}"),
+             Figure("rss_per", "server RSS KiB/conn", "lower", "{:.1f}"),
+             Figure("pss_per", "tree PSS KiB/conn", "lower", "{:.1f}"),
+             Figure("fds_per", "server fds/conn", "lower", "{:.2f}")],
+            ceiling=2 * n / rate + 90, settle=30.0)
+
+    return [
+        Scenario("S1", "1 connection, 32 B round trips",
+                 lambda url, _: lg.s1_single(url, dur, cap), list(lat),
+                 ceiling=dur + 30, per_op="msgs"),
+        Scenario("S2", "100 connections, 32 B round trips",
+                 lambda url, _: lg.s2_concurrent(url, 100, dur, cap), list(lat),
+                 ceiling=dur + 60, per_op="msgs"),
+        Scenario("S3a", "64 KiB round trips",
+                 lambda url, _: lg.s3_large(url, 64 * 1024, 5 if quick else 100), big,
+                 ceiling=60, stall_word="stalled"),
+        Scenario("S3b", "1 MiB round trips",
+                 lambda url, _: lg.s3_large(url, 1024 * 1024, s3n), big,
+                 ceiling=60, stall_word="stalled"),
+        Scenario("S4", "connect + echo + close, 16 parallel",
+                 lambda url, _: lg.s4_conn_rate(url, 16, 0.5 if quick else dur, cap),
+                 [Figure("rate", "connections/s", "higher"), Figure("p50", "p50 ms", "lower", "{:.2f}"),
+                  Figure("p99", "p99 ms", "lower", "{:.2f}"), Figure("errors", "failed sessions", "0")],
+                 ceiling=dur + 60, per_op="conns", op="conn"),
+        s5(held[0]),
+        s5(held[1]),
+        Scenario("S6", "1 connection, 1,000 pipelined",
+                 lambda url, _: lg.s6_pipelined(url, 1000, dur, cap),
+                 [Figure("rate", "messages/s", "higher")],
+                 ceiling=dur + 60, per_op="msgs"),
+    ]
+
+
+def run_once(sc: Scenario, cmd: list[str], log: Path) -> dict[str, Value]:
+    """One scenario on one freshly started server; status words on failure."""
+    import loadgen as lg
+    proc, url = start_server(cmd, log)  # StartError goes to the caller
+    try:
+        base = snapshot(proc.pid, pss=True)
+
+        def sample(n: int) -> dict:
+            # Called by S5 while every connection is held.
+            held = snapshot(proc.pid, pss=True)
+            return {"rss_per": (held.rss_kib - base.rss_kib) / n,
+                    "pss_per": (held.pss_kib - base.pss_kib) / n,
+                    "fds_per": held.fds / n} if n else {}
+
+        status, client0 = None, _client_cpu()
+        try:
+            figures: dict[str, Value] = asyncio.run(asyncio.wait_for(sc.run(url, sample), sc.ceiling))
+        except lg.Stalled as exc:
+            status, why = "stalled", str(exc)
+        except TimeoutError:
+            status, why = sc.stall_word, f"over the {sc.ceiling:.0f} s ceiling"
+        except Exception as exc:  # any client-side failure marks this run only
+            status, why = "fail", f"{type(exc).__name__}: {exc}"
+        if status:
+            print(f"    {status}: {why}", file=sys.stderr)
+            figures = {f.key: status for f in sc.figures}
+        left = settle(proc.pid, sc.settle)
+        after = snapshot(proc.pid)
+        if proc.poll() is not None:
+            print(f"    server exited with {proc.returncode} (log: {log})", file=sys.stderr)
+            return {"left": "fail"}
+        ops = figures.get(sc.per_op or "")
+        if isinstance(ops, (int, float)) and ops > 0:
+            figures["cpu_us"] = (after.cpu - base.cpu) / ops * 1e6
+            # Shown so a reader can tell whether the client was the bottleneck.
+            print(f"    server {figures['cpu_us']:.0f} µs/{sc.op}, client "
+                  f"{(_client_cpu() - client0) / ops * 1e6:.0f} µs/{sc.op}", file=sys.stderr)
+        elif sc.per_op:
+            figures["cpu_us"] = status or "fail"
+        figures["left"] = left
+        return figures
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------- report
+
+def cell(values: list[Value], fmt: str) -> str:
+    """Median of the rounds; a status word if any round did not give a number."""
+    nums = [v for v in values if isinstance(v, (int, float))]
+    if values and len(nums) == len(values):
+        return fmt.format(statistics.median(nums))
+    words = sorted({v for v in values if isinstance(v, str)}) or ["fail"]
+    return "/".join(words) + (f" ({len(values) - len(nums)}/{len(values)})" if values else "")
+
+
+def ratio(fig: Figure, a: list[Value], b: list[Value]) -> str:
+    """wsexec ÷ websocketd, of the medians; blank unless both are numbers
+    (and for must-be-zero checks, where a ratio means nothing)."""
+    if fig.better == "0" or not all(isinstance(v, (int, float)) for v in a + b) or not a or not b:
+        return "—"
+    ma, mb = statistics.median(a), statistics.median(b)
+    if ma == 0:
+        return "—" if mb == 0 else "∞"
+    return f"{mb / ma:.2f}"
+
+
+def table(scenarios: list[Scenario], results: dict, names: tuple[str, str]) -> str:
+    a, b = names
+    lines = [f"| scenario | figure | better | {a} | {b} | {b} ÷ {a} |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for sc in scenarios:
+        for fig in sc.all_figures():
+            va = [r.get(fig.key, "fail") for r in results[sc.sid][a]]
+            vb = [r.get(fig.key, "fail") for r in results[sc.sid][b]]
+            better = {"0": "= 0"}.get(fig.better, fig.better)
+            lines.append(f"| {sc.sid} {sc.title} | {fig.label} | {better} | {cell(va, fig.fmt)} "
+                         f"| {cell(vb, fig.fmt)} | {ratio(fig, va, vb)} |")
+    return "\n".join(lines)
+
+
+def _out(cmd: list[str], cwd: Path = REPO) -> str:
+    try:
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10)
+        text = (p.stdout or p.stderr).strip().splitlines()
+        return text[0] if p.returncode == 0 and text else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _pkg(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment(args: argparse.Namespace) -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "unknown")
+    return "\n".join([
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {os.cpu_count()} CPUs (nproc {_out(['nproc'])}), {cpu}, "
+        f"kernel {platform.release()}, RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}",
+        f"- python {platform.python_version()}, trio {_pkg('trio')}, picows {_pkg('picows')} (client)",
+        f"- websocketd: `{args.websocketd_cmd}` → {_out([*shlex.split(args.websocketd_cmd), '--version'])}"
+        f" (dpkg {_out(['dpkg-query', '-W', '-f=${Version}', 'websocketd'])})",
+        f"- wsexec: `{args.wsexec_cmd}` → {_out([*shlex.split(args.wsexec_cmd), '--version'])}",
+        f"- rounds: {args.rounds}{' (--quick)' if args.quick else ''}; child: `cat`; "
+        f"command: `python3 bench/run.py {' '.join(sys.argv[1:])}`",
+    ])
+
+
+NOTE = """Medians over the rounds. The last column is always wsexec ÷ websocketd:
+above 1 is better for wsexec where "better" is higher, and worse where "better"
+is lower (latency, CPU, memory, fds). "= 0" figures must be zero on both.
+A cell reads fail / stalled / timeout when a round did not give a number
+(with how many rounds did so); CPU figures count the server and its `cat` children."""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="seconds-long smoke run, one round")
+    ap.add_argument("--scenarios", default="", help="comma list of ids or prefixes: S1,S3,S5b")
+    ap.add_argument("--rounds", type=int, help="rounds per server (default 3, 1 with --quick)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    ap.add_argument("--wsexec-cmd", default="python3 -m wsexec")
+    ap.add_argument("--websocketd-cmd", default="websocketd")
+    args = ap.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+
+    ensure_deps()
+    raise_fd_limit()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    wanted = [w.strip() for w in args.scenarios.split(",") if w.strip()]
+    scenarios = [s for s in make_scenarios(args.quick)
+                 if not wanted or any(s.sid.startswith(w) for w in wanted)]
+    if not scenarios:
+        ap.error(f"no scenario matches {args.scenarios!r}")
+
+    servers = {"websocketd": shlex.split(args.websocketd_cmd), "wsexec": shlex.split(args.wsexec_cmd)}
+    names = ("websocketd", "wsexec")
+    results: dict = {s.sid: {n: [] for n in names} for s in scenarios}
+    broken: set[str] = set()  # a command that failed to start once is not retried
+    logdir = Path(tempfile.mkdtemp(prefix="wsexec-bench-"))
+    started = time.monotonic()
+    for sc in scenarios:
+        for rnd in range(1, args.rounds + 1):
+            for name in names:  # A B A B ...
+                print(f"[{time.monotonic() - started:6.1f}s] {sc.sid} round {rnd} {name}",
+                      file=sys.stderr, flush=True)
+                res: dict[str, Value] = {"left": "fail"}
+                if name not in broken:
+                    try:
+                        res = run_once(sc, servers[name], logdir / f"{name}.log")
+                    except StartError as exc:
+                        print(f"    {exc}; not retried", file=sys.stderr)
+                        broken.add(name)
+                results[sc.sid][name].append(res)
+
+    report = table(scenarios, results, names)
+    print(report)
+    print("\nratio column: wsexec ÷ websocketd (see 'better')")
+    if any(isinstance(v, str) for per in results.values() for runs in per.values()
+           for r in runs for v in r.values()):
+        print(f"some runs failed; server logs kept in {logdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(f"# wsexec vs websocketd benchmark\n\n{environment(args)}\n\n"
+                        f"{report}\n\n{NOTE}\n")
+    print(f"wrote {args.out} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The far end of a connection: a handler process.
+
+Each handler runs in its own process group with one socket as both stdin and
+stdout and a pipe as stderr: three descriptors per connection in wsexec,
+counting the client's socket. Exits are learned from SIGCHLD (no pidfd per
+child). The group is signalled only while its leader is unreaped, so a
+recycled PID is never hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Sequence
+
+import trio
+
+# Signals Python or trio may have set to ignored or handled; a handler starts
+# with every signal at its default and none blocked.
+RESET_SIGNALS = (
+    signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT,
+)
+
+
+@dataclass
+class Child:
+    pid: int
+    io: trio.SocketStream  # the handler's stdin and stdout
+    stderr: trio.lowlevel.FdStream
+    status: Optional[int] = None  # wait status once reaped
+    exited: trio.Event = field(default_factory=trio.Event)
+    wake: Optional[trio.Event] = None  # also set on exit: the connection's "something ended"
+
+    def close_stdin(self) -> None:
+        try:
+            self.io.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def signal_group(self, signum: int) -> None:
+        if self.status is None:  # the leader is unreaped, so the group id is still ours
+            try:
+                os.killpg(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> int:
+    return os.posix_spawn(
+        argv[0],
+        list(argv),
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdio, 0),
+            (os.POSIX_SPAWN_DUP2, stdio, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ],
+        setpgroup=0,
+        setsigdef=RESET_SIGNALS,
+        setsigmask=(),
+    )
+
+
+class Reaper:
+    """Reaps handlers on SIGCHLD and tells each waiting connection its status."""
+
+    def __init__(self) -> None:
+        self.children: Dict[int, Child] = {}
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGCHLD)
+        except RuntimeError:  # not in the main thread: poll instead
+            task_status.started()
+            while True:
+                await trio.sleep(0.05)
+                self.poll()
+        with receiver as batches:
+            task_status.started()
+            self.poll()
+            async for _ in batches:
+                self.poll()
+
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> Child:
+        """Start a handler without blocking the event loop; OSError if it cannot start."""
+        ours, theirs = socket.socketpair()
+        err_read, err_write = os.pipe()
+        try:
+            pid = await trio.to_thread.run_sync(_spawn, argv, env, theirs.fileno(), err_write)
+        except BaseException:
+            ours.close()
+            os.close(err_read)
+            raise
+        finally:
+            theirs.close()
+            os.close(err_write)
+        child = Child(pid, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), trio.lowlevel.FdStream(err_read))
+        self.children[pid] = child
+        self.poll_one(child)  # it may have exited while the thread handed it over
+        return child
+
+    def poll(self) -> None:
+        """Collect every exited handler. Peeking with WNOWAIT finds ours in O(1)
+        each; a child that is not ours (wsexec embedded in a bigger program)
+        falls back to checking ours one by one."""
+        while self.children:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+            if info is None:
+                return
+            child = self.children.get(info.si_pid)
+            if child is None:
+                for child in list(self.children.values()):
+                    self.poll_one(child)
+                return
+            self._reap(child)
+
+    def poll_one(self, child: Child) -> None:
+        try:
+            info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+        if info is not None:
+            self._reap(child)
+
+    def _reap(self, child: Child) -> None:
+        # The leader is gone; whatever it left in its group goes too, while the
+        # unreaped leader still holds the group id.
+        child.signal_group(signal.SIGKILL)
+        try:
+            _, status = os.waitpid(child.pid, 0)
+        except ChildProcessError:
+            status = 0
+        child.status = status
+        del self.children[child.pid]
+        child.exited.set()
+        if child.wake is not None:
+            child.wake.set()
+
+    def kill_all(self) -> None:
+        for child in list(self.children.values()):
+            child.signal_group(signal.SIGKILL)
+
+
+async def stop(child: Child, closems: int) -> None:
+    """websocketd's ladder, on the whole group: SIGINT, SIGTERM, then SIGKILL
+    at closems + 100, 250 and 500 ms, stopping as soon as the handler exits."""
+    start = trio.current_time()
+    base = closems / 1000
+    for delay, signum in ((0.1, signal.SIGINT), (0.25, signal.SIGTERM), (0.5, signal.SIGKILL)):
+        with trio.move_on_at(start + base + delay):
+            await child.exited.wait()
+            return
+        child.signal_group(signum)
+    await child.exited.wait()

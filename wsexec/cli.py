@@ -1,0 +1,125 @@
+"""Command line: click options -> one frozen Config -> the server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+import click
+
+from . import __version__
+from .config import LOG_LEVELS, Config, ConfigError, parse_header, parse_size, validate
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class HeaderLine(click.ParamType):
+    name = "'NAME: VALUE'"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_header(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def split_list(value: str) -> tuple:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@click.command(
+    context_settings={"allow_interspersed_args": False, "help_option_names": ["--help", "-h"]},
+    help="Run COMMAND for every WebSocket connection: client messages go to its stdin, "
+    "its stdout lines come back as messages, and the HTTP request reaches it as "
+    "CGI environment variables.",
+)
+@click.option("--port", type=int, default=80, show_default=True, help="TCP port to listen on (0: any free port).")
+@click.option("--address", multiple=True, metavar="HOST", help="Interface to listen on; repeat for several. Default: every interface, IPv4 and IPv6.")
+@click.option("--dir", "dir_", type=click.Path(file_okay=False), help="Serve every executable in DIR by URL path instead of one COMMAND.")
+@click.option("--binary", is_flag=True, help="Binary mode: stdout bytes go out as binary messages as read; client messages go to stdin raw.")
+@click.option("--maxforks", type=int, default=0, show_default=True, help="Most handlers running at once; beyond it, answer HTTP 429. 0: no limit.")
+@click.option("--closems", type=int, default=0, show_default=True, help="Extra milliseconds before the SIGINT/SIGTERM/SIGKILL ladder starts when a connection ends.")
+@click.option("--passenv", default="PATH,LD_LIBRARY_PATH", show_default=True, help="Comma-separated variables of wsexec's environment passed to handlers.")
+@click.option("--reverselookup", is_flag=True, help="Resolve the client address to a host name for REMOTE_HOST.")
+@click.option("--origin", default="", metavar="LIST", help="Comma-separated allowed origins (host, host:port or scheme://host:port); others get 403.")
+@click.option("--sameorigin", is_flag=True, help="Allow only an Origin whose host matches the Host header.")
+@click.option("--header", multiple=True, type=HeaderLine(), help="Header added to every response; repeatable.")
+@click.option("--header-ws", multiple=True, type=HeaderLine(), help="Header added to WebSocket upgrade responses; repeatable.")
+@click.option("--header-http", multiple=True, type=HeaderLine(), help="Header added to plain HTTP responses; repeatable.")
+@click.option("--loglevel", type=click.Choice(LOG_LEVELS), default="access", show_default=True, help="Least severe log level shown.")
+@click.option("--maxmessage", type=Size(), default="4M", show_default=True, help="Largest message, either way (also the longest stdout line); beyond it, close 1009.")
+@click.option("--maxheader", type=Size(), default="16K", show_default=True, help="Largest HTTP request head; beyond it, answer 431.")
+@click.option("--handshakems", type=int, default=10_000, show_default=True, help="Milliseconds a client has to send its complete request head.")
+@click.option("--gracems", type=int, default=2_000, show_default=True, help="Milliseconds to wait for the client's close reply, and for connections to end on shutdown.")
+@click.version_option(__version__, "--version", prog_name="wsexec", message="%(prog)s %(version)s")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND [ARGS]...")
+def command(
+    port: int,
+    address: Sequence[str],
+    dir_: Optional[str],
+    binary: bool,
+    maxforks: int,
+    closems: int,
+    passenv: str,
+    reverselookup: bool,
+    origin: str,
+    sameorigin: bool,
+    header: Sequence,
+    header_ws: Sequence,
+    header_http: Sequence,
+    loglevel: str,
+    maxmessage: int,
+    maxheader: int,
+    handshakems: int,
+    gracems: int,
+    command: Sequence[str],
+) -> None:
+    passenv_names = split_list(passenv)
+    config = Config(
+        command=tuple(command),
+        dir=dir_,
+        port=port,
+        addresses=tuple(address),
+        binary=binary,
+        maxforks=maxforks,
+        closems=closems,
+        passenv=passenv_names,
+        reverselookup=reverselookup,
+        origins=split_list(origin),
+        sameorigin=sameorigin,
+        headers=tuple(header),
+        headers_ws=tuple(header_ws),
+        headers_http=tuple(header_http),
+        loglevel=loglevel,
+        maxmessage=maxmessage,
+        maxheader=maxheader,
+        handshakems=handshakems,
+        gracems=gracems,
+        passed_env={name: os.environ[name] for name in passenv_names if name in os.environ},
+    )
+    try:
+        config = validate(config)
+    except ConfigError as e:
+        click.echo(f"wsexec: {e}", err=True)
+        sys.exit(e.exit_code)
+
+    from .server import run
+
+    sys.exit(run(config))
+
+
+def main() -> None:
+    command(prog_name="wsexec")

@@ -1,0 +1,129 @@
+"""The frozen configuration, built once by the command line and passed down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Optional, Tuple
+
+# Exit codes, as websocketd documents them.
+EXIT_BAD_COMMAND = 1
+EXIT_USAGE = 2
+EXIT_CANNOT_LISTEN = 3
+EXIT_BAD_COMBINATION = 4
+
+LOG_LEVELS = ("debug", "trace", "access", "info", "error", "fatal", "none")
+
+Header = Tuple[str, str]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; carries the process exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Config:
+    command: Tuple[str, ...] = ()  # program and its arguments (command mode)
+    dir: Optional[str] = None  # script directory (--dir mode), absolute
+    port: int = 80
+    addresses: Tuple[str, ...] = ()  # empty: every interface, IPv4 and IPv6
+    binary: bool = False
+    maxforks: int = 0  # 0: unlimited
+    closems: int = 0
+    passenv: Tuple[str, ...] = ("PATH", "LD_LIBRARY_PATH")
+    reverselookup: bool = False
+    origins: Tuple[str, ...] = ()
+    sameorigin: bool = False
+    headers: Tuple[Header, ...] = ()
+    headers_ws: Tuple[Header, ...] = ()
+    headers_http: Tuple[Header, ...] = ()
+    loglevel: str = "access"
+    maxmessage: int = 4 * 1024 * 1024
+    maxheader: int = 16 * 1024
+    handshakems: int = 10_000
+    gracems: int = 2_000
+    # The --passenv variables as wsexec's own environment had them at start-up.
+    passed_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_header(text: str) -> Header:
+    """'Name: value' -> ('Name', 'value'); rejects names that are not tokens."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not is_token(name):
+        raise ValueError(f"expected 'Name: value', got {text!r}")
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"header value may not contain CR, LF or NUL: {text!r}")
+    return name, value
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def is_token(name: str) -> bool:
+    """RFC 9110 section 5.6.2: token = 1*tchar."""
+    return bool(name) and all(c in _TCHAR for c in name)
+
+
+def parse_size(text: str) -> int:
+    """'65536', '64K', '16M' -> bytes."""
+    text = text.strip().upper()
+    if text.endswith("B"):
+        text = text[:-1]
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    if not number.isdigit():
+        raise ValueError(f"not a size: {text!r} (use bytes, or a K, M or G suffix)")
+    return int(number) * scale
+
+
+def resolve_command(program: str, search_path: Optional[str]) -> str:
+    """The absolute path of the program to run, as the shell would find it."""
+    if os.sep in program:
+        path = os.path.abspath(program)
+        if not os.path.isfile(path):
+            raise ConfigError(f"command not found: {program}", EXIT_BAD_COMMAND)
+        if not os.access(path, os.X_OK):
+            raise ConfigError(f"command is not executable: {program}", EXIT_BAD_COMMAND)
+        return path
+    found = shutil.which(program, path=search_path)
+    if found is None:
+        raise ConfigError(f"command not found in PATH: {program}", EXIT_BAD_COMMAND)
+    return os.path.abspath(found)
+
+
+def validate(config: Config) -> Config:
+    """Check the combination of options; return the config with paths resolved."""
+    if config.dir and config.command:
+        raise ConfigError("give either --dir or a COMMAND, not both", EXIT_BAD_COMBINATION)
+    if not config.dir and not config.command:
+        raise ConfigError("missing COMMAND (or --dir)", EXIT_USAGE)
+    if config.origins and config.sameorigin:
+        raise ConfigError("give either --origin or --sameorigin, not both", EXIT_BAD_COMBINATION)
+    if config.loglevel not in LOG_LEVELS:
+        raise ConfigError(f"unknown --loglevel {config.loglevel!r}", EXIT_USAGE)
+    for name, value, low in (
+        ("--port", config.port, 0),
+        ("--maxforks", config.maxforks, 0),
+        ("--closems", config.closems, 0),
+        ("--maxmessage", config.maxmessage, 126),
+        ("--maxheader", config.maxheader, 1024),
+        ("--handshakems", config.handshakems, 1),
+        ("--gracems", config.gracems, 0),
+    ):
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
+    if config.port > 65535:
+        raise ConfigError("--port must be at most 65535", EXIT_USAGE)
+    if config.dir:
+        root = os.path.realpath(config.dir)
+        if not os.path.isdir(root):
+            raise ConfigError(f"--dir is not a directory: {config.dir}", EXIT_BAD_COMMAND)
+        return replace(config, dir=root)
+    program = resolve_command(config.command[0], config.passed_env.get("PATH"))
+    return replace(config, command=(program,) + tuple(config.command[1:]))

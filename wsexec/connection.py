@@ -1,0 +1,324 @@
+"""One connection: request head -> checks -> upgrade -> handler session -> close.
+
+The session runs the handler inside the connection's nursery, so the handler
+cannot outlive it. Whichever end finishes first (client, handler output,
+handler exit, server shutdown) closes the other, on websocketd's ladder.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import trio
+
+from . import response
+from .child import Child, describe_status, stop
+from .environment import build_environment
+from .lines import LineSplitter, LineTooLong
+from .log import ACCESS, ConnectionLog
+from .origin import origin_allowed
+from .request import ClientGone, HttpError, Request, read_request
+from .routing import Route, route_command, route_dir
+from .websocket import (
+    BINARY,
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    NORMAL,
+    TEXT,
+    TOO_BIG,
+    WebSocket,
+    handshake_problem,
+    handshake_response,
+    is_upgrade,
+    is_utf8,
+)
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+logger = logging.getLogger("wsexec.connection")
+
+
+def address_of(sockname: object) -> Tuple[str, int]:
+    if isinstance(sockname, tuple):
+        return str(sockname[0]), int(sockname[1])
+    return str(sockname or "unix"), 0
+
+
+async def handle_connection(stream: trio.SocketStream, state: "ServerState") -> None:
+    """The one catch-all: an unexpected error ends this connection (1011 or
+    HTTP 500) with a traceback in the log, and never the server."""
+    conn = Connection(stream, state)
+    try:
+        await conn.run()
+    except Exception:
+        conn.log.exception("internal error")
+        with trio.CancelScope(shield=True), trio.move_on_after(state.config.gracems / 1000):
+            if conn.ws is not None:
+                await conn.ws.close(INTERNAL_ERROR, "internal error", state.config.gracems / 1000)
+            else:
+                await response.send(stream, response.render(500, "internal error"), 1)
+    finally:
+        await stream.aclose()
+
+
+class Connection:
+    def __init__(self, stream: trio.SocketStream, state: "ServerState") -> None:
+        self.stream = stream
+        self.state = state
+        self.config = state.config
+        self.id = state.new_id()
+        self.remote = address_of(stream.socket.getpeername())
+        self.local = address_of(stream.socket.getsockname())
+        self.log = ConnectionLog(logger, self.id, self.remote)
+        self.ws: Optional[WebSocket] = None
+        self.wake = trio.Event()  # set when any end of the session finishes
+        self.client_done = False
+        self.output_done = False
+        self.close_override: Optional[Tuple[int, str]] = None
+
+    # --- before the upgrade --------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.config
+        try:
+            with trio.fail_after(config.handshakems / 1000):
+                request = await read_request(self.stream, config.maxheader, self.remote, self.local)
+        except trio.TooSlowError:
+            self.log.log(ACCESS, "handshake timeout")
+            return await self.refuse(408, "request head not received in time")
+        except ClientGone:
+            return
+        except HttpError as e:
+            return await self.refuse(e.status, e.message, e.headers)
+        try:
+            route = self.check(request)
+        except HttpError as e:
+            return await self.refuse(e.status, e.message, e.headers, request)
+        await self.upgrade(request, route)
+
+    def check(self, request: Request) -> Route:
+        """Every reason to refuse a request, in order; the route if none applies."""
+        config = self.config
+        if not is_upgrade(request.header):
+            raise HttpError(404, "not found: this address serves WebSocket connections only")
+        problem = handshake_problem(request.method, request.http_version, request.header)
+        if problem:
+            extra = (("Sec-WebSocket-Version", "13"),) if problem[0] == 426 else ()
+            raise HttpError(problem[0], problem[1], extra)
+        if not origin_allowed(request.header("origin"), request.header("host"), config.origins, config.sameorigin, request.tls):
+            raise HttpError(403, f"origin not allowed: {request.header('origin')}")
+        if "\0" in request.target or "%00" in request.path:
+            raise HttpError(400, "NUL in the request target")
+        if config.dir:
+            route = route_dir(config.dir, request.path)
+            if route is None:
+                raise HttpError(404, "not found")
+        else:
+            route = route_command(config.command[0], request.path)
+        if config.maxforks and self.state.forks >= config.maxforks:
+            raise HttpError(429, "too many connections, try again later", (("Retry-After", "1"),))
+        return route
+
+    async def refuse(self, status: int, message: str, headers=(), request: Optional[Request] = None) -> None:  # type: ignore[no-untyped-def]
+        path = request.path if request else "-"
+        self.log.log(ACCESS, "REFUSED %d %s: %s", status, path, message)
+        extra = tuple(headers) + self.config.headers + self.config.headers_http
+        head_only = request is not None and request.method == "HEAD"
+        await response.send(self.stream, response.render(status, message, extra, head_only), 1)
+
+    async def environment(self, request: Request, route: Route) -> dict:
+        remote_host = request.remote[0]
+        if self.config.reverselookup:
+            with trio.move_on_after(2):
+                try:
+                    remote_host = (await trio.socket.getnameinfo(request.remote, 0))[0]
+                except OSError:
+                    pass
+        return build_environment(
+            request,
+            script_name=route.script_name,
+            path_info=route.path_info,
+            path_translated=route.path_translated,
+            remote_host=remote_host,
+            unique_id=f"{self.state.instance}{self.id:x}",
+            server_software=self.state.software,
+            passed_env=self.config.passed_env,
+        )
+
+    async def upgrade(self, request: Request, route: Route) -> None:
+        config, state = self.config, self.state
+        env = await self.environment(request, route)
+        state.forks += 1
+        state.connections.add(self)
+        try:
+            key = request.header("sec-websocket-key") or ""
+            await self.stream.send_all(handshake_response(key, config.headers + config.headers_ws))
+            self.ws = WebSocket(self.stream, config.maxmessage, request.trailing)
+            await self.session(request, route, env)
+        finally:
+            state.forks -= 1
+            state.connections.discard(self)
+
+    # --- the session -------------------------------------------------------------
+
+    async def session(self, request: Request, route: Route, env: dict) -> None:
+        ws, config = self.ws, self.config
+        assert ws is not None
+        grace = config.gracems / 1000
+        argv = (route.program,) + tuple(config.command[1:])
+        started = time.monotonic()
+        try:
+            child = await self.state.reaper.spawn(argv, env)
+        except OSError as e:
+            reason = f"cannot start handler: {e.strerror or e}"
+            self.log.error("%s (%s)", reason, route.program)
+            with trio.move_on_after(grace):
+                await ws.close(INTERNAL_ERROR, reason, grace)
+            return
+        child.wake = self.wake
+        self.log.pid = str(child.pid)
+        self.log.log(ACCESS, "CONNECT %s", request.target)
+        try:
+            code, reason = await self.supervise(child, ws)
+        finally:
+            # However the session ended (even cancelled), the handler goes with it.
+            if child.status is None:
+                child.signal_group(signal.SIGKILL)
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await child.exited.wait()
+            child.io.socket.close()
+            await child.stderr.aclose()
+        status = describe_status(child.status) if child.status is not None else "not reaped"
+        received = ws.close_received[0] if ws.close_received else "none"
+        self.log.log(
+            ACCESS,
+            "DISCONNECT %s %s close=%s/%s client_close=%s in=%d out=%d %.3fs",
+            request.target, status, code, reason or "-", received, ws.bytes_in, ws.bytes_out, time.monotonic() - started,
+        )
+
+    async def supervise(self, child: Child, ws: WebSocket) -> Tuple[int, str]:
+        config = self.config
+        grace = config.gracems / 1000
+        input_scope, output_scope = trio.CancelScope(), trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.pump_stderr, child)
+            nursery.start_soon(self.pump_input, child, ws, input_scope)
+            nursery.start_soon(self.pump_output, child, ws, output_scope)
+            await self.wake.wait()
+            if self.client_done:
+                # Client gone first: stdin closed at once, then the ladder.
+                output_scope.cancel()
+                child.close_stdin()
+                await stop(child, config.closems)
+                code, reason = ws.close_sent or ws.close_received or (1006, "client gone")
+            elif self.state.stopping.is_set() and not (self.output_done or child.exited.is_set()):
+                child.close_stdin()
+                await stop(child, config.closems)
+                code, reason = GOING_AWAY, "server shutting down"
+            else:
+                # The handler finished: deliver what it printed, then close
+                # with its exit status (RFC 6455 section 7.4.1: 1000 or 1011).
+                if not self.output_done:
+                    with trio.move_on_after(grace):
+                        while not self.output_done:
+                            self.wake = trio.Event()
+                            await self.wake.wait()
+                child.close_stdin()
+                await stop(child, config.closems)
+                assert child.status is not None
+                if self.close_override:
+                    code, reason = self.close_override
+                elif child.status == 0:
+                    code, reason = NORMAL, ""
+                else:
+                    code, reason = INTERNAL_ERROR, describe_status(child.status)
+            input_scope.cancel()
+            output_scope.cancel()
+            with trio.move_on_after(grace):
+                await ws.close(code, reason, grace)
+            nursery.cancel_scope.cancel()
+        return code, reason
+
+    def finished(self, attr: str) -> None:
+        setattr(self, attr, True)
+        self.wake.set()
+
+    async def pump_input(self, child: Child, ws: WebSocket, scope: trio.CancelScope) -> None:
+        """Client messages to the handler's stdin; a blocked write is the backpressure."""
+        with scope:
+            writable = True
+            binary = self.config.binary
+            while True:
+                batch = await ws.receive()
+                if batch is None:
+                    break
+                if not writable:
+                    continue
+                payloads = [payload for _, payload in batch]
+                data = b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
+                try:
+                    await child.io.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    writable = False
+                    self.log.debug("handler stopped reading stdin; client messages are dropped")
+            self.finished("client_done")
+
+    async def pump_output(self, child: Child, ws: WebSocket, scope: trio.CancelScope) -> None:
+        """Handler stdout to the client; a blocked send is the backpressure."""
+        with scope:
+            limit = self.config.maxmessage
+            splitter = None if self.config.binary else LineSplitter(limit)
+            try:
+                while True:
+                    data = await child.io.receive_some(min(65536, limit))
+                    if not data:
+                        break
+                    if splitter is None:
+                        sent = await ws.send_messages([(BINARY, data)])
+                    else:
+                        lines = splitter.feed(data)
+                        sent = not lines or await ws.send_messages([line_message(line) for line in lines])
+                    if not sent:
+                        return  # client gone; its end of the session handles the rest
+                last = splitter.finish() if splitter else None
+                if last is not None:
+                    await ws.send_messages([line_message(last)])
+            except LineTooLong as e:
+                self.log.error("%s; closing", e)
+                self.close_override = (TOO_BIG, str(e))
+            except trio.BrokenResourceError:
+                pass
+            self.finished("output_done")
+
+    async def pump_stderr(self, child: Child) -> None:
+        """Handler stderr lines go to the log (ERROR), never to the client."""
+        splitter = LineSplitter(4096)
+        while True:
+            try:
+                data = await child.stderr.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                break
+            try:
+                lines = splitter.feed(data)
+            except LineTooLong:
+                lines, splitter = [data], LineSplitter(4096)
+            for line in lines:
+                self.log.error("stderr: %s", line.decode("utf-8", "backslashreplace"))
+        last = splitter.finish()
+        if last:
+            self.log.error("stderr: %s", last.decode("utf-8", "backslashreplace"))
+
+    def stop_for_shutdown(self) -> None:
+        self.wake.set()
+
+
+def line_message(line: bytes) -> Tuple[int, bytes]:
+    """A stdout line as a message: text when it is UTF-8, else binary, so no
+    byte is lost and no invalid text frame is sent (RFC 6455 section 8.1)."""
+    return (TEXT if is_utf8(line) else BINARY, line)

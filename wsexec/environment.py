@@ -1,0 +1,96 @@
+"""The CGI environment a handler receives (RFC 3875 section 4.1, as websocketd sets it)."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Tuple
+
+from .config import is_token
+from .request import Request
+
+
+def to_env(text: str) -> str:
+    """A latin-1 decoded header or path back to its bytes, kept exact through
+    os.fsencode (UTF-8 with surrogateescape); CR, LF and NUL become spaces."""
+    raw = text.encode("latin-1", "replace")
+    for bad in (b"\r", b"\n", b"\0"):
+        raw = raw.replace(bad, b" ")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
+    """HTTP_* variables (RFC 3875 section 4.1.18): repeats joined with ', '.
+
+    Names that are not tokens or contain '_' are dropped, so 'X_Forwarded_For'
+    cannot pose as 'X-Forwarded-For'; 'Proxy' is dropped so HTTP_PROXY cannot
+    be set by a client (httpoxy, CVE-2016-5385).
+    """
+    out: Dict[str, str] = {}
+    for name, value in headers:
+        if not is_token(name) or "_" in name or name.lower() == "proxy":
+            continue
+        key = "HTTP_" + name.upper().replace("-", "_")
+        value = to_env(value.strip())
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def split_host(host: Optional[str], default_port: int) -> Tuple[str, str]:
+    """'example.com:8080' -> ('example.com', '8080'); '[::1]' -> ('::1', '80')."""
+    if not host:
+        return "", str(default_port)
+    host = host.strip()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    if not port.isdigit():
+        port = str(default_port)
+    return name, port
+
+
+def build_environment(
+    request: Request,
+    *,
+    script_name: str,
+    path_info: str,
+    path_translated: str,
+    remote_host: str,
+    unique_id: str,
+    server_software: str,
+    passed_env: Mapping[str, str],
+) -> Dict[str, str]:
+    default_port = 443 if request.tls else 80
+    server_name, server_port = split_host(request.header("host"), default_port)
+    if not server_name:
+        server_name, server_port = request.local[0], str(request.local[1])
+    env = dict(passed_env)
+    env.update(header_variables(request.headers))
+    # The CGI variables come last so no header or passed variable can override them.
+    env.update(
+        {
+            "AUTH_TYPE": "",
+            "CONTENT_LENGTH": "",
+            "CONTENT_TYPE": "",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "PATH_INFO": to_env(path_info),
+            "PATH_TRANSLATED": to_env(path_translated),
+            "QUERY_STRING": to_env(request.query),
+            "REMOTE_ADDR": request.remote[0],
+            "REMOTE_HOST": remote_host,
+            "REMOTE_IDENT": "",
+            "REMOTE_PORT": str(request.remote[1]),
+            "REMOTE_USER": "",
+            "REQUEST_METHOD": request.method,
+            "REQUEST_URI": to_env(request.target),
+            "SCRIPT_NAME": to_env(script_name),
+            "SERVER_NAME": to_env(server_name),
+            "SERVER_PORT": server_port,
+            "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
+            "SERVER_SOFTWARE": server_software,
+            "UNIQUE_ID": unique_id,
+        }
+    )
+    if request.tls:
+        env["HTTPS"] = "on"
+    return env

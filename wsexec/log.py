@@ -1,0 +1,43 @@
+"""Logging: websocketd's level names, one line per event, connection context on each."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, MutableMapping, Tuple
+
+TRACE = 12
+ACCESS = 15
+LEVELS = {
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+    "access": ACCESS,
+    "info": logging.INFO,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "none": logging.CRITICAL + 10,
+}
+logging.addLevelName(TRACE, "TRACE")
+logging.addLevelName(ACCESS, "ACCESS")
+
+
+def setup(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("wsexec")
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[level])
+    root.propagate = False
+
+
+class ConnectionLog(logging.LoggerAdapter):
+    """Prefixes every line with the connection id, client address and handler pid."""
+
+    def __init__(self, logger: logging.Logger, conn_id: int, remote: Tuple[str, int]) -> None:
+        super().__init__(logger, {})
+        self.conn_id = conn_id
+        self.remote = f"{remote[0]}:{remote[1]}"
+        self.pid = "-"
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> Tuple[Any, MutableMapping[str, Any]]:
+        return f"#{self.conn_id} {self.remote} pid={self.pid} {msg}", kwargs

@@ -1,0 +1,368 @@
+"""The WebSocket engine (RFC 6455): handshake, frames, and one connection's I/O.
+
+Everything WebSocket-specific lives here, so the engine can be replaced without
+touching the rest of wsexec. The frame codec is pure (no I/O); `WebSocket`
+drives it over a trio stream. No extensions are negotiated, so RSV bits must be 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import hashlib
+import struct
+from collections import deque
+from typing import Deque, Iterable, List, Optional, Sequence, Tuple
+
+import trio
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+# Close codes (RFC 6455 section 7.4.1).
+NORMAL = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+NO_STATUS = 1005  # never sent: "no status code was actually present"
+ABNORMAL = 1006  # never sent: the connection dropped without a close frame
+INVALID_DATA = 1007
+POLICY = 1008
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+RECEIVE_SIZE = 65536
+
+Message = Tuple[int, bytes]  # (TEXT or BINARY, payload)
+
+
+class ProtocolError(Exception):
+    """The peer broke RFC 6455; `code` is the close code to answer with."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# --- handshake (pure) -------------------------------------------------------
+
+
+def header_tokens(value: Optional[str]) -> List[str]:
+    return [t.strip().lower() for t in (value or "").split(",")]
+
+
+def is_upgrade(get_header) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the request asks for a WebSocket at all (else it is plain HTTP)."""
+    return "websocket" in header_tokens(get_header("upgrade"))
+
+
+def handshake_problem(method: str, http_version: str, get_header) -> Optional[Tuple[int, str]]:  # type: ignore[no-untyped-def]
+    """RFC 6455 section 4.2.1: what is wrong with an upgrade request, as (status, text)."""
+    if method != "GET":
+        return 405, "a WebSocket handshake must use GET"
+    if http_version in ("1.0", "0.9"):
+        return 400, "a WebSocket handshake needs HTTP/1.1"
+    if "upgrade" not in header_tokens(get_header("connection")):
+        return 400, "missing 'Connection: Upgrade'"
+    key = get_header("sec-websocket-key") or ""
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except ValueError:
+        return 400, "Sec-WebSocket-Key must be 16 bytes in base64"
+    if (get_header("sec-websocket-version") or "").strip() != "13":
+        return 426, "only Sec-WebSocket-Version 13 is supported"
+    return None
+
+
+def accept_key(key: str) -> str:
+    """RFC 6455 section 4.2.2: base64(SHA-1(key + GUID))."""
+    return base64.b64encode(hashlib.sha1(key.strip().encode("ascii") + GUID).digest()).decode("ascii")
+
+
+def handshake_response(key: str, headers: Iterable[Tuple[str, str]]) -> bytes:
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept_key(key)}",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# --- frames (pure) ----------------------------------------------------------
+
+
+def unmask(data: bytes, key: bytes) -> bytes:
+    """XOR the payload with the 4-byte masking key (RFC 6455 section 5.3)."""
+    n = len(data)
+    if n == 0:
+        return b""
+    mask = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked final frame, as a server sends it (RFC 6455 section 5.1)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    if code in (NO_STATUS, ABNORMAL):
+        return encode_frame(CLOSE, b"")
+    return encode_frame(CLOSE, struct.pack("!H", code) + truncate_utf8(reason, 123))
+
+
+def truncate_utf8(text: str, limit: int) -> bytes:
+    """Encode text, cut to at most limit bytes without splitting a character."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def is_utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def valid_close_code(code: int) -> bool:
+    """RFC 6455 section 7.4: codes an endpoint may receive in a close frame."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def parse_close(payload: bytes) -> Tuple[int, str]:
+    if not payload:
+        return NO_STATUS, ""
+    if len(payload) == 1:
+        raise ProtocolError(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    code = struct.unpack("!H", payload[:2])[0]
+    if not valid_close_code(code):
+        raise ProtocolError(PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(INVALID_DATA, "close reason is not UTF-8") from None
+    return code, reason
+
+
+class FrameReader:
+    """Turns bytes from a client into events: (opcode, payload) tuples.
+
+    Data messages come out whole, as (TEXT or BINARY, bytes); control frames
+    as (PING, bytes), (PONG, bytes), (CLOSE, (code, reason)). A message larger
+    than max_message is refused as soon as its frame header says so.
+    """
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self._buffer = bytearray()
+        self._opcode = 0  # opcode of the fragmented message in progress, 0 if none
+        self._parts: List[bytes] = []
+        self._size = 0
+        self._decoder = None  # incremental UTF-8 check for fragmented text
+
+    def feed(self, data: bytes) -> List[Tuple[int, object]]:
+        buf = self._buffer
+        buf += data
+        events: List[Tuple[int, object]] = []
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= 2:
+                b0, b1 = buf[pos], buf[pos + 1]
+                opcode, length = b0 & 0x0F, b1 & 0x7F
+                head = 6
+                if length == 126:
+                    if end - pos < 4:
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    head = 8
+                elif length == 127:
+                    if end - pos < 10:
+                        break
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    head = 14
+                self._check_header(b0, b1, opcode, length)
+                if end - pos < head + length:
+                    break
+                key = bytes(buf[pos + head - 4 : pos + head])
+                payload = unmask(bytes(buf[pos + head : pos + head + length]), key)
+                pos += head + length
+                self._on_frame(b0 & 0x80, opcode, payload, events)
+                if events and events[-1][0] == CLOSE:
+                    # Nothing after a close frame counts (RFC 6455 section 5.5.1).
+                    pos = end
+                    break
+        finally:
+            del buf[:pos]
+        return events
+
+    def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
+        if b0 & 0x70:
+            # "MUST be 0 unless an extension is negotiated" (section 5.2)
+            raise ProtocolError(PROTOCOL_ERROR, "reserved bits set")
+        if not b1 & 0x80:
+            # "a client MUST mask all frames that it sends" (section 5.1)
+            raise ProtocolError(PROTOCOL_ERROR, "client frame is not masked")
+        if opcode >= 0x8:
+            if opcode not in (CLOSE, PING, PONG):
+                raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            # "All control frames MUST have a payload length of 125 bytes or
+            # less and MUST NOT be fragmented." (section 5.5)
+            if not b0 & 0x80 or length > 125:
+                raise ProtocolError(PROTOCOL_ERROR, "bad control frame")
+            return
+        if opcode == CONTINUATION:
+            if not self._opcode:
+                raise ProtocolError(PROTOCOL_ERROR, "continuation frame without a message")
+        elif opcode in (TEXT, BINARY):
+            if self._opcode:
+                raise ProtocolError(PROTOCOL_ERROR, "new message inside a fragmented message")
+        else:
+            raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if length >> 63:
+            raise ProtocolError(PROTOCOL_ERROR, "frame length has its top bit set")
+        if self._size + length > self.max_message:
+            raise ProtocolError(TOO_BIG, f"message exceeds {self.max_message} bytes")
+
+    def _on_frame(self, fin: int, opcode: int, payload: bytes, events: list) -> None:
+        if opcode >= 0x8:
+            events.append((opcode, parse_close(payload) if opcode == CLOSE else payload))
+        elif opcode and fin:
+            if opcode == TEXT and not is_utf8(payload):
+                raise ProtocolError(INVALID_DATA, "text message is not UTF-8")
+            events.append((opcode, payload))
+        else:
+            if opcode:
+                self._opcode = opcode
+                if opcode == TEXT:
+                    self._decoder = codecs.getincrementaldecoder("utf-8")()
+            if self._decoder is not None:
+                try:
+                    self._decoder.decode(payload, bool(fin))
+                except UnicodeDecodeError:
+                    raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
+            self._parts.append(payload)
+            self._size += len(payload)
+            if fin:
+                events.append((self._opcode, b"".join(self._parts)))
+                self._opcode, self._parts, self._size, self._decoder = 0, [], 0, None
+
+
+# --- one connection's I/O ---------------------------------------------------
+
+
+class WebSocket:
+    """A server-side WebSocket over a trio stream, after the 101 was sent."""
+
+    def __init__(self, stream: trio.abc.Stream, max_message: int, trailing: bytes = b"") -> None:
+        self.stream = stream
+        self.reader = FrameReader(max_message)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.close_sent: Optional[Tuple[int, str]] = None
+        self.close_received: Optional[Tuple[int, str]] = None
+        self.gone = False  # the transport is unusable (EOF, reset, or a broken send)
+        self._pending: Deque[Message] = deque()
+        self._trailing = trailing
+        self._send_lock = trio.Lock()
+
+    @property
+    def open(self) -> bool:
+        return not (self.gone or self.close_sent or self.close_received)
+
+    async def receive(self) -> Optional[List[Message]]:
+        """The next batch of client messages; None once the client is done.
+
+        Pings are answered here, and a close frame is answered by echoing its
+        code (RFC 6455 section 5.5.1). A protocol violation is answered with
+        a close frame carrying the matching code.
+        """
+        while not self._pending:
+            if not self.open:
+                return None
+            data = self._trailing or await self._receive_bytes()
+            self._trailing = b""
+            if not data:
+                return None
+            try:
+                events = self.reader.feed(data)
+            except ProtocolError as e:
+                await self.send_close(e.code, e.reason)
+                return None
+            for opcode, payload in events:
+                if opcode <= BINARY:
+                    self._pending.append((opcode, payload))  # type: ignore[arg-type]
+                elif opcode == PING:
+                    await self._send(encode_frame(PONG, payload))  # type: ignore[arg-type]
+                elif opcode == CLOSE:
+                    self.close_received = payload  # type: ignore[assignment]
+                    if not self.close_sent:
+                        await self.send_close(*self.close_received)
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+    async def _receive_bytes(self) -> bytes:
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.gone = True
+        self.bytes_in += len(data)
+        return data
+
+    async def send_messages(self, messages: Sequence[Message]) -> bool:
+        """Send data messages in one write; False if the connection is no longer open."""
+        if not self.open:
+            return False
+        return await self._send(b"".join([encode_frame(op, data) for op, data in messages]))
+
+    async def send_close(self, code: int, reason: str = "") -> None:
+        if self.close_sent or self.gone:
+            return
+        self.close_sent = (code, reason)
+        await self._send(encode_close(code, reason))
+
+    async def close(self, code: int, reason: str, grace: float) -> None:
+        """The closing handshake: send our close frame, wait up to `grace` for the reply."""
+        await self.send_close(code, reason)
+        with trio.move_on_after(grace):
+            while not (self.gone or self.close_received):
+                data = await self._receive_bytes()
+                if data:
+                    try:
+                        events = self.reader.feed(data)
+                    except ProtocolError:
+                        return
+                    for opcode, payload in events:
+                        if opcode == CLOSE:
+                            self.close_received = payload  # type: ignore[assignment]
+
+    async def _send(self, data: bytes) -> bool:
+        if self.gone:
+            return False
+        async with self._send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.gone = True
+                return False
+            except BaseException:
+                # A send cut off half way leaves a broken frame on the wire.
+                self.gone = True
+                raise
+        self.bytes_out += len(data)
+        return True
