@@ -188,8 +188,12 @@ class Connection:
             # However the session ended (even cancelled), the handler goes with it.
             if child.status is None:
                 child.signal_group(signal.SIGKILL)
+                # Reap it here: when the whole server is cancelled, the reaper may be too.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await child.exited.wait()
+                    while child.status is None:
+                        self.state.reaper.poll_one(child)
+                        if child.status is None:
+                            await trio.sleep(0.005)
             child.io.socket.close()
             await child.stderr.aclose()
         status = describe_status(child.status) if child.status is not None else "not reaped"

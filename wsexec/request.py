@@ -58,6 +58,7 @@ async def read_request(
     stream: trio.abc.Stream, max_size: int, remote: Address, local: Address, tls: bool = False
 ) -> Request:
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
+    received = 0
     try:
         while True:
             event = parser.next_event()
@@ -68,6 +69,7 @@ async def read_request(
                     raise ClientGone() from None
                 if not data:
                     raise ClientGone()
+                received += len(data)
                 parser.receive_data(data)
             elif isinstance(event, h11.Request):
                 break
@@ -75,6 +77,10 @@ async def read_request(
                 raise ClientGone()
         parser.next_event()  # EndOfMessage, for a request without a body
         trailing = parser.trailing_data[0]
+        # h11 bounds only an *incomplete* head: one that arrives whole in the
+        # last read can be up to twice max_size, so check the size it had.
+        if received - len(trailing) > max_size:
+            raise HttpError(431, "request head too large")
     except h11.RemoteProtocolError as e:
         status = e.error_status_hint
         raise HttpError(status, "request head too large" if status == 431 else f"bad request: {e}") from None
