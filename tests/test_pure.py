@@ -12,7 +12,7 @@ from wsexec.origin import origin_allowed
 from wsexec.request import Request
 from wsexec.routing import decode_path, route_command, route_dir
 from wsexec.websocket import (
-    BINARY, CLOSE, PING, PONG, TEXT, FrameReader, ProtocolError, accept_key, encode_close,
+    BINARY, CLOSE, PING, PONG, TEXT, FrameReader, accept_key, encode_close,
     encode_frame, handshake_problem, truncate_utf8,
 )
 
@@ -84,17 +84,22 @@ def test_frame_reader_accepts(frames, events):
     (masked(BINARY, b"", length_override=1025)[:4], 1009),  # refused from the header alone
 ])
 def test_frame_reader_refuses(data, code):
-    with pytest.raises(ProtocolError) as e:
-        FrameReader(1024).feed(data)
-    assert e.value.code == code
+    reader = FrameReader(1024)
+    assert reader.feed(data) == []
+    assert reader.error.code == code
+
+
+def test_messages_before_a_violation_are_kept():
+    reader = FrameReader(1024)
+    assert reader.feed(masked(TEXT, b"good") + masked(TEXT, b"x", mask=False)) == [(TEXT, b"good")]
+    assert reader.error.code == 1002
 
 
 def test_fragmented_message_size_counts_all_fragments():
     reader = FrameReader(10)
     reader.feed(masked(TEXT, b"123456", fin=False))
-    with pytest.raises(ProtocolError) as e:
-        reader.feed(masked(0, b"123456"))
-    assert e.value.code == 1009
+    reader.feed(masked(0, b"123456"))
+    assert reader.error.code == 1009
 
 
 @pytest.mark.parametrize("payload, header", [

@@ -20,13 +20,15 @@ def to_env(text: str) -> str:
 def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
     """HTTP_* variables (RFC 3875 section 4.1.18): repeats joined with ', '.
 
-    Names that are not tokens or contain '_' are dropped, so 'X_Forwarded_For'
-    cannot pose as 'X-Forwarded-For'; 'Proxy' is dropped so HTTP_PROXY cannot
-    be set by a client (httpoxy, CVE-2016-5385).
+    Names with anything but letters, digits and '-' are dropped (as Apache
+    does): '_' so 'X_Forwarded_For' cannot pose as 'X-Forwarded-For', and
+    token characters such as '!', '$' or '`' so every name is one a shell can
+    hold. 'Proxy' is dropped so HTTP_PROXY cannot be set by a client (httpoxy,
+    CVE-2016-5385).
     """
     out: Dict[str, str] = {}
     for name, value in headers:
-        if not is_token(name) or "_" in name or name.lower() == "proxy":
+        if not is_token(name) or not name.replace("-", "").isalnum() or not name.isascii() or name.lower() == "proxy":
             continue
         key = "HTTP_" + name.upper().replace("-", "_")
         value = to_env(value.strip())

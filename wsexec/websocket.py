@@ -172,11 +172,24 @@ class FrameReader:
         self._parts: List[bytes] = []
         self._size = 0
         self._decoder = None  # incremental UTF-8 check for fragmented text
+        self._events: List[Tuple[int, object]] = []
+        self.error: Optional[ProtocolError] = None
 
     def feed(self, data: bytes) -> List[Tuple[int, object]]:
+        """Events from the bytes so far. A protocol violation is stored in
+        `error` after the events that preceded it, so none of those is lost."""
+        try:
+            return self._feed(data)
+        except ProtocolError as e:
+            self.error = e
+            events, self._events = self._events, []
+            return events
+
+    def _feed(self, data: bytes) -> List[Tuple[int, object]]:
         buf = self._buffer
         buf += data
         events: List[Tuple[int, object]] = []
+        self._events = events
         pos, end = 0, len(buf)
         try:
             while end - pos >= 2:
@@ -296,20 +309,17 @@ class WebSocket:
             self._trailing = b""
             if not data:
                 return None
-            try:
-                events = self.reader.feed(data)
-            except ProtocolError as e:
-                await self.send_close(e.code, e.reason)
-                return None
-            for opcode, payload in events:
+            for opcode, payload in self.reader.feed(data):
                 if opcode <= BINARY:
                     self._pending.append((opcode, payload))  # type: ignore[arg-type]
-                elif opcode == PING:
+                elif opcode == PING and not self.close_sent:
                     await self._send(encode_frame(PONG, payload))  # type: ignore[arg-type]
                 elif opcode == CLOSE:
                     self.close_received = payload  # type: ignore[assignment]
                     if not self.close_sent:
                         await self.send_close(*self.close_received)
+            if self.reader.error:
+                await self.send_close(self.reader.error.code, self.reader.error.reason)
         batch = list(self._pending)
         self._pending.clear()
         return batch
@@ -343,13 +353,11 @@ class WebSocket:
             while not (self.gone or self.close_received):
                 data = await self._receive_bytes()
                 if data:
-                    try:
-                        events = self.reader.feed(data)
-                    except ProtocolError:
-                        return
-                    for opcode, payload in events:
+                    for opcode, payload in self.reader.feed(data):
                         if opcode == CLOSE:
                             self.close_received = payload  # type: ignore[assignment]
+                    if self.reader.error:
+                        return
 
     async def _send(self, data: bytes) -> bool:
         if self.gone:
