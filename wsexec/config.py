@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
@@ -62,12 +63,12 @@ def parse_header(text: str) -> Header:
     return name, value
 
 
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def is_token(name: str) -> bool:
     """RFC 9110 section 5.6.2: token = 1*tchar."""
-    return bool(name) and all(c in _TCHAR for c in name)
+    return _TOKEN.fullmatch(name) is not None
 
 
 def parse_size(text: str) -> int:

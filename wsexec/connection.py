@@ -22,6 +22,7 @@ from .log import ACCESS, ConnectionLog
 from .origin import origin_allowed
 from .request import ClientGone, HttpError, Request, read_request
 from .routing import Route, route_command, route_dir
+from .streams import Socket
 from .websocket import (
     BINARY,
     GOING_AWAY,
@@ -48,7 +49,7 @@ def address_of(sockname: object) -> Tuple[str, int]:
     return str(sockname or "unix"), 0
 
 
-async def handle_connection(stream: trio.SocketStream, state: "ServerState") -> None:
+async def handle_connection(stream: Socket, state: "ServerState") -> None:
     """The one catch-all: an unexpected error ends this connection (1011 or
     HTTP 500) with a traceback in the log, and never the server."""
     conn = Connection(stream, state)
@@ -66,13 +67,13 @@ async def handle_connection(stream: trio.SocketStream, state: "ServerState") -> 
 
 
 class Connection:
-    def __init__(self, stream: trio.SocketStream, state: "ServerState") -> None:
+    def __init__(self, stream: Socket, state: "ServerState") -> None:
         self.stream = stream
         self.state = state
         self.config = state.config
         self.id = state.new_id()
-        self.remote = address_of(stream.socket.getpeername())
-        self.local = address_of(stream.socket.getsockname())
+        self.remote = address_of(stream.sock.getpeername())
+        self.local = address_of(stream.sock.getsockname())
         self.log = ConnectionLog(logger, self.id, self.remote)
         self.ws: Optional[WebSocket] = None
         self.wake = trio.Event()  # set when any end of the session finishes
@@ -194,7 +195,7 @@ class Connection:
                         self.state.reaper.poll_one(child)
                         if child.status is None:
                             await trio.sleep(0.005)
-            child.io.socket.close()
+            child.io.close()
             await child.stderr.aclose()
         status = describe_status(child.status) if child.status is not None else "not reaped"
         received = ws.close_received[0] if ws.close_received else "none"
@@ -214,9 +215,14 @@ class Connection:
             nursery.start_soon(self.pump_output, child, ws, output_scope)
             await self.wake.wait()
             if self.client_done:
-                # Client gone first: stdin closed at once, then the ladder.
+                # Client gone first: stdin closed at once, the client released
+                # (its close was answered), then the ladder.
                 output_scope.cancel()
                 child.close_stdin()
+                if not (ws.gone or ws.close_received):  # a protocol error: wait for the reply
+                    with trio.move_on_after(grace):
+                        await ws.close(ws.close_sent[0] if ws.close_sent else 1000, "", grace)
+                self.stream.close()
                 await stop(child, config.closems)
                 code, reason = ws.close_sent or ws.close_received or (1006, "client gone")
             elif self.state.stopping.is_set() and not (self.output_done or child.exited.is_set()):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import h11
 import trio
@@ -49,9 +49,18 @@ class Request:
 
     def header(self, name: str) -> Optional[str]:
         """All values of a header, joined by ', ' (RFC 9110 section 5.3); None if absent."""
-        name = name.lower()
-        values = [v for n, v in self.headers if n.lower() == name]
-        return ", ".join(values) if values else None
+        return self._by_name.get(name.lower())
+
+    @property
+    def _by_name(self) -> Dict[str, str]:
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = {}
+            for n, v in self.headers:
+                key = n.lower()
+                index[key] = f"{index[key]}, {v}" if key in index else v
+            object.__setattr__(self, "_index", index)
+        return index
 
 
 async def read_request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -18,6 +19,8 @@ from .child import Reaper
 from .config import EXIT_CANNOT_LISTEN, Config
 from .connection import Connection, handle_connection
 from .log import setup
+from .response import render
+from .streams import Socket
 
 logger = logging.getLogger("wsexec.server")
 
@@ -68,12 +71,12 @@ class ServerState:
         return c.closems / 1000 + 0.5 + c.gracems / 1000 + 1.0
 
 
-def bind(config: Config) -> List[trio.socket.SocketType]:
+def bind(config: Config) -> List[socket.socket]:
     """One listening socket per address (all interfaces, v4 and v6, if none given).
     With --port 0 every listener shares the first one's port."""
     port = config.port
     hosts = list(config.addresses) or [None]
-    sockets: List[trio.socket.SocketType] = []
+    sockets: List[socket.socket] = []
     try:
         for host in hosts:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -83,7 +86,7 @@ def bind(config: Config) -> List[trio.socket.SocketType]:
                     continue
                 seen.add((family, addr))
                 sock = socket.socket(family, type_, proto)
-                sockets.append(sock)  # type: ignore[arg-type]
+                sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -91,11 +94,12 @@ def bind(config: Config) -> List[trio.socket.SocketType]:
                     addr = (addr[0], sockets[0].getsockname()[1]) + tuple(addr[2:])
                 sock.bind(addr)
                 sock.listen(BACKLOG)
+                sock.setblocking(False)
     except OSError:
         for sock in sockets:
             sock.close()
         raise
-    return [trio.socket.from_stdlib_socket(s) for s in sockets]  # type: ignore[arg-type]
+    return sockets
 
 
 def url_of(sockname: tuple) -> str:
@@ -106,8 +110,8 @@ def url_of(sockname: tuple) -> str:
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Serve until shut down; task_status gets the ServerState (with .addresses)."""
     state = ServerState(config)
-    listeners = [trio.SocketListener(s) for s in bind(config)]
-    state.addresses = [s.getsockname()[:2] for s in (l.socket for l in listeners)]
+    listeners = bind(config)
+    state.addresses = [s.getsockname()[:2] for s in listeners]
     async with trio.open_nursery() as root:
         await root.start(state.reaper.run)
         if handle_signals:
@@ -117,7 +121,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
         task_status.started(state)
         async with trio.open_nursery() as connections:
             state._connections_scope = connections.cancel_scope
-            connections.start_soon(accept, state, listeners, connections)
+            for listener in listeners:
+                connections.start_soon(accept, state, listener, connections)
             await state.stopping.wait()
             with trio.move_on_after(state.shutdown_deadline):
                 while state.connections:
@@ -127,13 +132,64 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     logger.info("stopped")
 
 
-async def accept(state: ServerState, listeners: List[trio.SocketListener], nursery: trio.Nursery) -> None:
+async def accept(state: ServerState, listener: socket.socket, nursery: trio.Nursery) -> None:
+    """Accept until shutdown. When out of file descriptors, a spare one is
+    given up to accept the client and answer 503 rather than leave it hanging
+    in the backlog while accept() fails in a busy loop."""
+    spare: Optional[int] = os.open(os.devnull, os.O_RDONLY)
+    accepted = 0
     with state._accept_scope:
         try:
-            await trio.serve_listeners(partial(handle_connection, state=state), listeners, handler_nursery=nursery)
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(listener)
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        continue  # ECONNABORTED and the like: that client is gone
+                    spare = refuse_when_out_of_fds(listener, spare)
+                    await trio.sleep(0.05)
+                    continue
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(handle_connection, Socket(conn), state)
+                accepted += 1
+                if accepted % 16 == 0:
+                    await trio.lowlevel.checkpoint()
+                if spare is None:
+                    spare = reserve_fd()
         finally:
-            for listener in listeners:
-                await listener.aclose()
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+            if spare is not None:
+                os.close(spare)
+
+
+def reserve_fd() -> Optional[int]:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def refuse_when_out_of_fds(listener: socket.socket, spare: Optional[int]) -> Optional[int]:
+    if spare is None:
+        return reserve_fd()
+    os.close(spare)
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return reserve_fd()
+    logger.error("out of file descriptors: refusing a connection with 503")
+    try:
+        conn.setblocking(False)
+        conn.send(render(503, "server busy: out of file descriptors, try again later"))
+    except OSError:
+        pass
+    conn.close()
+    return reserve_fd()
 
 
 async def watch_signals(state: ServerState) -> None:
