@@ -341,3 +341,12 @@ def test_parse_header(text, ok):
     else:
         with pytest.raises(ValueError):
             parse_header(text)
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 4095, 4096, 4097, 8192, 10001, 65536 + 3])
+def test_unmask_matches_the_rfc_definition(size):
+    from wsexec.websocket import unmask
+
+    data, key = os.urandom(size), os.urandom(4)
+    # RFC 6455 section 5.3: j = i MOD 4; transformed-octet-i = original-octet-i XOR masking-key-octet-j
+    assert unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))

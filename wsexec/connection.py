@@ -284,7 +284,7 @@ class Connection:
             splitter = None if self.config.binary else LineSplitter(limit)
             try:
                 while True:
-                    data = await child.io.receive_some(min(65536, limit))
+                    data = await child.io.receive_some(min(1 << 18, limit))
                     if not data:
                         break
                     if splitter is None:

@@ -30,7 +30,7 @@ TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-RECEIVE_SIZE = 65536
+RECEIVE_SIZE = 1 << 18
 
 Message = Tuple[int, bytes]  # (TEXT or BINARY, payload)
 
@@ -94,13 +94,32 @@ def handshake_response(key: str, headers: Iterable[Tuple[str, str]]) -> bytes:
 # --- frames (pure) ----------------------------------------------------------
 
 
+UNMASK_CHUNK = 4096
+
+
 def unmask(data: bytes, key: bytes) -> bytes:
-    """XOR the payload with the 4-byte masking key (RFC 6455 section 5.3)."""
+    """XOR the payload with the 4-byte masking key (RFC 6455 section 5.3).
+
+    Done as big-integer XORs: C speed without a C extension. Large payloads
+    go in 4 KiB pieces, which measured several times faster than one
+    conversion of the whole payload."""
     n = len(data)
-    if n == 0:
-        return b""
-    mask = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+    if n <= UNMASK_CHUNK:
+        if n == 0:
+            return b""
+        mask = (key * (n // 4 + 1))[:n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+    size = UNMASK_CHUNK
+    whole = int.from_bytes(key * (size // 4), "little")
+    view = memoryview(data)
+    parts = [
+        (int.from_bytes(view[i : i + size], "little") ^ whole).to_bytes(size, "little")
+        for i in range(0, n - size + 1, size)
+    ]
+    rest = n % size
+    if rest:
+        parts.append(unmask(bytes(view[n - rest :]), key))
+    return b"".join(parts)
 
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
@@ -362,15 +381,21 @@ class WebSocket:
     async def _send(self, data: bytes) -> bool:
         if self.gone:
             return False
-        async with self._send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.gone = True
-                return False
-            except BaseException:
-                # A send cut off half way leaves a broken frame on the wire.
-                self.gone = True
-                raise
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # the usual case: no scheduler round trip
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.gone = True
+            return False
+        except BaseException:
+            # A send cut off half way leaves a broken frame on the wire.
+            self.gone = True
+            raise
+        finally:
+            lock.release()
         self.bytes_out += len(data)
         return True
