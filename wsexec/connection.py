@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import trio
 
-from . import response
+from . import http, response
 from .child import Child, describe_status, stop
 from .environment import build_environment
 from .lines import LineSplitter, LineTooLong
@@ -95,6 +95,12 @@ class Connection:
             return
         except HttpError as e:
             return await self.refuse(e.status, e.message, e.headers)
+        if not is_upgrade(request.header) and http.enabled(config):
+            # Plain HTTP (wsexec/http.py), kept alive until it ends or upgrades.
+            next_request = await http.serve_plain(self, request)
+            if next_request is None:
+                return
+            request = next_request
         try:
             route = self.check(request)
         except HttpError as e:
@@ -271,8 +277,14 @@ class Connection:
                 payloads = [payload for _, payload in batch]
                 data = b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
                 try:
-                    await child.io.send_all(data)
+                    # A handler that does not read blocks this write; meanwhile
+                    # nobody reads the client, so check it has not left.
+                    await child.io.send_all(data, still_wanted=self.stream.peer_open)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    if not self.stream.peer_open():
+                        self.log.debug("client left while the handler was not reading")
+                        ws.gone = True
+                        break
                     writable = False
                     self.log.debug("handler stopped reading stdin; client messages are dropped")
             self.finished("client_done")

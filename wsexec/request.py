@@ -84,7 +84,7 @@ async def read_request(
                 break
             else:
                 raise ClientGone()
-        parser.next_event()  # EndOfMessage, for a request without a body
+        # Everything after the head, a request body included (wsexec/http.py reads it).
         trailing = parser.trailing_data[0]
         # h11 bounds only an *incomplete* head: one that arrives whole in the
         # last read can be up to twice max_size, so check the size it had.

@@ -9,11 +9,14 @@ the rest. Errors use trio's stream exceptions.
 from __future__ import annotations
 
 import socket
-from typing import Union
+from typing import Callable, Optional, Union
 
 import trio
 
 YIELD_EVERY = 16
+STALL_CHECK = 1.0
+TCP_INFO = getattr(socket, "TCP_INFO", 11)  # Linux
+TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (linux/tcp.h)
 # One receive buffer for every socket: the loop is single-threaded and each
 # read is copied out before the next await, so large reads cost no memory
 # per connection.
@@ -52,7 +55,11 @@ class Socket:
             await self._fair()
             return data
 
-    async def send_all(self, data: Union[bytes, bytearray, memoryview]) -> None:
+    async def send_all(
+        self, data: Union[bytes, bytearray, memoryview], still_wanted: Optional[Callable[[], bool]] = None
+    ) -> None:
+        """Send everything. While blocked, still_wanted() is asked every
+        STALL_CHECK seconds; False gives up with BrokenResourceError."""
         view = memoryview(data)
         while view:
             if self._closed:
@@ -60,12 +67,27 @@ class Socket:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
+                if still_wanted is None:
+                    await trio.lowlevel.wait_writable(self.sock)
+                else:
+                    with trio.move_on_after(STALL_CHECK):
+                        await trio.lowlevel.wait_writable(self.sock)
+                    if not still_wanted():
+                        raise trio.BrokenResourceError("send abandoned") from None
                 continue
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from e
             view = view[sent:]
         await self._fair()
+
+    def peer_open(self) -> bool:
+        """Whether a TCP peer has neither closed nor reset the connection,
+        found without reading the data queued before its FIN or RST."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 1)
+        except OSError:
+            return True  # not TCP (unix socket): no way to tell, assume open
+        return info[0] == TCP_ESTABLISHED
 
     def shutdown_write(self) -> None:
         try:
