@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, MutableMapping, Tuple
+import time
+from typing import Any, MutableMapping, Optional, Tuple
 
 TRACE = 12
 ACCESS = 15
@@ -21,9 +22,26 @@ logging.addLevelName(TRACE, "TRACE")
 logging.addLevelName(ACCESS, "ACCESS")
 
 
+class Formatter(logging.Formatter):
+    """ISO 8601 local time with milliseconds; the seconds part is formatted
+    once per second, not once per line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second = -1
+        self._prefix = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
+        return f"{self._prefix}.{int(record.msecs):03d}"
+
+
 def setup(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(Formatter())
     root = logging.getLogger("wsexec")
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
