@@ -2,12 +2,15 @@
 
 Every function talks to one server URL on 127.0.0.1, is bounded in message
 count and wall time, closes its connections before returning and returns a
-dict of figures (floats). A server that stops answering raises Stalled.
+dict of figures (numbers; "fail" for a percentile with no samples). A server
+that stops answering raises Stalled.
 """
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections import Counter
 from typing import Callable, Optional, Union
 
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
@@ -30,6 +33,7 @@ class Echo(WSListener):
         self.got = 0          # complete messages received
         self.partial = 0      # bytes of a fragmented message so far
         self.last_size = 0    # size of the last complete message
+        self.total = 0        # bytes of all complete messages
         self.want = 0
         self.waiter: Optional[asyncio.Future[None]] = None
         self.closed = False
@@ -50,6 +54,7 @@ class Echo(WSListener):
         if not frame.fin:
             return
         self.last_size, self.partial = self.partial, 0
+        self.total += self.last_size
         self.got += 1
         if self.waiter is not None and self.got >= self.want and not self.waiter.done():
             self.waiter.set_result(None)
@@ -235,6 +240,10 @@ async def s5_held(url: str, n: int, rate: float,
         for t, _ in pairs:
             close(t)
     figures.update({"opened": len(pairs), "ok": len(ok), "p99": pct(ok, 99, 1e3)})
+    # Failures are counted, not fatal; say why so a short count can be explained.
+    why = Counter(f"{type(x).__name__}: {x}"[:80] for x in opened + lat if isinstance(x, BaseException))
+    if why:
+        print(f"    S5 failures: {dict(why.most_common(3))}", file=sys.stderr)
     return figures
 
 
@@ -252,6 +261,8 @@ async def s6_pipelined(url: str, depth: int, duration: float, cap: int) -> dict:
                 t.send(WSMsgType.TEXT, payload)
             sent += depth
             await e.wait_for_count(sent, PATIENCE)
+            if e.total != sent * len(payload):  # lines merged or split by the server
+                raise ValueError(f"{e.got} echoes of {e.total} bytes for {sent} sent")
     finally:
         close(t)
     elapsed = time.perf_counter() - start

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Optional, Union
 
@@ -163,18 +163,21 @@ def start_server(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
         proc = subprocess.Popen(cmd + ["--port", str(port), "--address", "127.0.0.1", "cat"],
                                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
-    deadline = time.monotonic() + 15
-    while True:
-        if proc.poll() is not None:
-            raise StartError(f"{cmd[0]} exited with {proc.returncode}: {log_tail(log)}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return proc, f"ws://127.0.0.1:{port}/"
-        except OSError:
-            if time.monotonic() > deadline:
-                stop_server(proc)
-                raise StartError(f"{cmd[0]} did not listen on {port} within 15 s (log: {log})")
-            time.sleep(0.05)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                raise StartError(f"{cmd[0]} exited with {proc.returncode}: {log_tail(log)}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                return proc, f"ws://127.0.0.1:{port}/"
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StartError(f"{cmd[0]} did not listen on {port} within 15 s") from None
+                time.sleep(0.05)
+    except BaseException:  # includes Ctrl-C: never leave a server behind
+        stop_server(proc)
+        raise
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -360,6 +363,19 @@ def table(scenarios: list[Scenario], results: dict, names: tuple[str, str]) -> s
     return "\n".join(lines)
 
 
+def per_round(scenarios: list[Scenario], results: dict, names: tuple[str, str]) -> str:
+    """Every round's value, so a reader can judge the noise behind a median."""
+    def show(v: Value, fmt: str) -> str:
+        return fmt.format(v) if isinstance(v, (int, float)) else v
+    lines = []
+    for sc in scenarios:
+        for fig in sc.all_figures():
+            runs = "; ".join(f"{n} " + ", ".join(show(r.get(fig.key, "fail"), fig.fmt)
+                                                   for r in results[sc.sid][n]) for n in names)
+            lines.append(f"- {sc.sid} {fig.label}: {runs}")
+    return "\n".join(lines)
+
+
 def _out(cmd: list[str], cwd: Path = REPO) -> str:
     try:
         p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -376,13 +392,20 @@ def _pkg(name: str) -> str:
         return "not installed"
 
 
-def environment(args: argparse.Namespace) -> str:
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def environment(args: argparse.Namespace, load_before: str) -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), "unknown")
     return "\n".join([
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {os.cpu_count()} CPUs (nproc {_out(['nproc'])}), {cpu}, "
         f"kernel {platform.release()}, RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}",
+        # Anything else busy on 2 cores skews every figure: worth knowing.
+        f"- load average (1, 5, 15 min) before: {load_before}; after: {loadavg()}",
         f"- python {platform.python_version()}, trio {_pkg('trio')}, picows {_pkg('picows')} (client)",
         f"- websocketd: `{args.websocketd_cmd}` → {_out([*shlex.split(args.websocketd_cmd), '--version'])}"
         f" (dpkg {_out(['dpkg-query', '-W', '-f=${Version}', 'websocketd'])})",
@@ -407,6 +430,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     ap.add_argument("--wsexec-cmd", default="python3 -m wsexec")
     ap.add_argument("--websocketd-cmd", default="websocketd")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the servers' logs even if all ran")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
 
@@ -424,7 +448,7 @@ def main() -> int:
     results: dict = {s.sid: {n: [] for n in names} for s in scenarios}
     broken: set[str] = set()  # a command that failed to start once is not retried
     logdir = Path(tempfile.mkdtemp(prefix="wsexec-bench-"))
-    started = time.monotonic()
+    started, load_before = time.monotonic(), loadavg()
     for sc in scenarios:
         for rnd in range(1, args.rounds + 1):
             for name in names:  # A B A B ...
@@ -442,14 +466,15 @@ def main() -> int:
     report = table(scenarios, results, names)
     print(report)
     print("\nratio column: wsexec ÷ websocketd (see 'better')")
-    if any(isinstance(v, str) for per in results.values() for runs in per.values()
-           for r in runs for v in r.values()):
-        print(f"some runs failed; server logs kept in {logdir}", file=sys.stderr)
+    if args.keep_logs or any(isinstance(v, str) for per in results.values()
+                             for runs in per.values() for r in runs for v in r.values()):
+        print(f"server logs kept in {logdir}", file=sys.stderr)
     else:
         shutil.rmtree(logdir, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"# wsexec vs websocketd benchmark\n\n{environment(args)}\n\n"
-                        f"{report}\n\n{NOTE}\n")
+    args.out.write_text(f"# wsexec vs websocketd benchmark\n\n{environment(args, load_before)}\n\n"
+                        f"{report}\n\n{NOTE}\n\n## Per-round values (in run order)\n\n"
+                        f"{per_round(scenarios, results, names)}\n")
     print(f"wrote {args.out} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import click
 
 from . import __version__
+from .cli_fronts import front_options, front_settings
 from .config import LOG_LEVELS, Config, ConfigError, parse_header, parse_size, validate
 
 
@@ -50,7 +51,7 @@ def split_list(value: str) -> tuple:
 @click.option("--address", multiple=True, metavar="HOST", help="Interface to listen on; repeat for several. Default: every interface, IPv4 and IPv6.")
 @click.option("--dir", "dir_", type=click.Path(file_okay=False), help="Serve every executable in DIR by URL path instead of one COMMAND.")
 @click.option("--binary", is_flag=True, help="Binary mode: stdout bytes go out as binary messages as read; client messages go to stdin raw.")
-@click.option("--maxforks", type=int, default=0, show_default=True, help="Most handlers running at once; beyond it, answer HTTP 429. 0: no limit.")
+@click.option("--maxforks", type=int, default=0, show_default=True, help="Most handlers (WebSocket and CGI) running at once; beyond it, answer HTTP 429. 0: no limit.")
 @click.option("--closems", type=int, default=0, show_default=True, help="Extra milliseconds before the SIGINT/SIGTERM/SIGKILL ladder starts when a connection ends.")
 @click.option("--passenv", default="PATH,LD_LIBRARY_PATH", show_default=True, help="Comma-separated variables of wsexec's environment passed to handlers.")
 @click.option("--reverselookup", is_flag=True, help="Resolve the client address to a host name for REMOTE_HOST.")
@@ -64,6 +65,12 @@ def split_list(value: str) -> tuple:
 @click.option("--maxheader", type=Size(), default="16K", show_default=True, help="Largest HTTP request head; beyond it, answer 431.")
 @click.option("--handshakems", type=int, default=10_000, show_default=True, help="Milliseconds a client has to send its complete request head.")
 @click.option("--gracems", type=int, default=2_000, show_default=True, help="Milliseconds to wait for the client's close reply, and for connections to end on shutdown.")
+@click.option("--staticdir", type=click.Path(file_okay=False), metavar="DIR", help="Serve the files in DIR to plain HTTP GET and HEAD requests.")
+@click.option("--cgidir", type=click.Path(file_okay=False), metavar="DIR", help="Run the executables in DIR as CGI/1.1 scripts for plain HTTP requests.")
+@click.option("--cgitimeoutms", type=int, default=60_000, show_default=True, help="Milliseconds a CGI script may run; then it is killed (504 if it sent no header yet).")
+@click.option("--devconsole", is_flag=True, help="Answer plain HTTP GET with a page for trying the WebSocket handler in a browser.")
+@click.option("--redirport", type=int, metavar="PORT", help="Also listen on PORT for plain HTTP and redirect every request to the https:// URL on --port.")
+@front_options  # --ssl, --unixsocket, --trusted-proxy, --proxy-protocol, --inetd... (wsexec/cli_fronts.py)
 @click.version_option(__version__, "--version", prog_name="wsexec", message="%(prog)s %(version)s")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND [ARGS]...")
 def command(
@@ -85,10 +92,17 @@ def command(
     maxheader: int,
     handshakems: int,
     gracems: int,
+    staticdir: Optional[str],
+    cgidir: Optional[str],
+    cgitimeoutms: int,
+    devconsole: bool,
+    redirport: Optional[int],
     command: Sequence[str],
+    **fronts,  # type: ignore[no-untyped-def]
 ) -> None:
     passenv_names = split_list(passenv)
     config = Config(
+        **front_settings(fronts),
         command=tuple(command),
         dir=dir_,
         port=port,
@@ -109,6 +123,11 @@ def command(
         handshakems=handshakems,
         gracems=gracems,
         passed_env={name: os.environ[name] for name in passenv_names if name in os.environ},
+        staticdir=staticdir,
+        cgidir=cgidir,
+        cgitimeoutms=cgitimeoutms,
+        devconsole=devconsole,
+        redirport=redirport,
     )
     try:
         config = validate(config)

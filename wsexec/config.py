@@ -50,6 +50,23 @@ class Config:
     gracems: int = 2_000
     # The --passenv variables as wsexec's own environment had them at start-up.
     passed_env: Mapping[str, str] = field(default_factory=dict)
+    # Plain HTTP on the same port (wsexec/http.py): absolute paths once validated.
+    staticdir: Optional[str] = None
+    cgidir: Optional[str] = None
+    devconsole: bool = False
+    redirport: Optional[int] = None  # plain HTTP listener that redirects to https://
+    cgitimeoutms: int = 60_000
+    # Listeners and what comes before HTTP (wsexec/listen.py, front.py, tls.py, proxy.py).
+    ssl: bool = False
+    sslcert: Optional[str] = None
+    sslkey: Optional[str] = None
+    sslca: Optional[str] = None  # CA file or directory: client certificates required
+    unixsocket: Optional[str] = None
+    unixsocket_mode: int = 0o660
+    trusted_proxies: Tuple[str, ...] = ()  # CIDRs, addresses, or 'unix'
+    proxy_protocol: bool = False
+    inetd: bool = False  # serve the one connection on stdin/stdout
+    listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
 
 
 def parse_header(text: str) -> Header:
@@ -121,6 +138,10 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
     if config.port > 65535:
         raise ConfigError("--port must be at most 65535", EXIT_USAGE)
+    config = validate_http(config)
+    from .front import validate_fronts  # front imports this module
+
+    config = validate_fronts(config)
     if config.dir:
         root = os.path.realpath(config.dir)
         if not os.path.isdir(root):
@@ -128,3 +149,20 @@ def validate(config: Config) -> Config:
         return replace(config, dir=root)
     program = resolve_command(config.command[0], config.passed_env.get("PATH"))
     return replace(config, command=(program,) + tuple(config.command[1:]))
+
+
+def validate_http(config: Config) -> Config:
+    """The plain-HTTP options: directories resolved to real paths, limits checked."""
+    if config.cgitimeoutms < 1:
+        raise ConfigError("--cgitimeoutms must be at least 1", EXIT_USAGE)
+    if config.redirport is not None and not 0 <= config.redirport <= 65535:
+        raise ConfigError("--redirport must be between 0 and 65535", EXIT_USAGE)
+    resolved = {}
+    for name in ("staticdir", "cgidir"):
+        path = getattr(config, name)
+        if path is not None:
+            root = os.path.realpath(path)
+            if not os.path.isdir(root):
+                raise ConfigError(f"--{name} is not a directory: {path}", EXIT_BAD_COMMAND)
+            resolved[name] = root
+    return replace(config, **resolved)

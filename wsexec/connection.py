@@ -38,6 +38,7 @@ from .websocket import (
 )
 
 if TYPE_CHECKING:
+    from .front import Front
     from .server import ServerState
 
 logger = logging.getLogger("wsexec.connection")
@@ -49,31 +50,39 @@ def address_of(sockname: object) -> Tuple[str, int]:
     return str(sockname or "unix"), 0
 
 
-async def handle_connection(stream: Socket, state: "ServerState") -> None:
+async def handle_connection(stream: Socket, state: "ServerState", front: Optional["Front"] = None) -> None:
     """The one catch-all: an unexpected error ends this connection (1011 or
-    HTTP 500) with a traceback in the log, and never the server."""
-    conn = Connection(stream, state)
+    HTTP 500) with a traceback in the log, and never the server. `front` comes
+    from wsexec/front.py (TLS, PROXY header, trusted proxies), else None."""
+    conn = Connection(stream, state, front)
     try:
         await conn.run()
     except Exception:
         conn.log.exception("internal error")
-        with trio.CancelScope(shield=True), trio.move_on_after(state.config.gracems / 1000):
-            if conn.ws is not None:
-                await conn.ws.close(INTERNAL_ERROR, "internal error", state.config.gracems / 1000)
-            else:
-                await response.send(stream, response.render(500, "internal error"), 1)
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(state.config.gracems / 1000):
+                if conn.ws is not None:
+                    await conn.ws.close(INTERNAL_ERROR, "internal error", state.config.gracems / 1000)
+                else:
+                    await response.send(stream, response.render(500, "internal error"), 1)
+        except Exception:  # the connection is beyond saving; the server is not
+            conn.log.debug("could not tell the client", exc_info=True)
     finally:
         await stream.aclose()
 
 
 class Connection:
-    def __init__(self, stream: Socket, state: "ServerState") -> None:
+    def __init__(self, stream: Socket, state: "ServerState", front: Optional["Front"] = None) -> None:
         self.stream = stream
         self.state = state
         self.config = state.config
         self.id = state.new_id()
-        self.remote = address_of(stream.sock.getpeername())
-        self.local = address_of(stream.sock.getsockname())
+        self.front = front
+        if front is None:
+            self.remote = address_of(stream.sock.getpeername())
+            self.local = address_of(stream.sock.getsockname())
+        else:
+            self.remote, self.local = front.remote, front.local
         self.log = ConnectionLog(logger, self.id, self.remote)
         self.ws: Optional[WebSocket] = None
         self.wake = trio.Event()  # set when any end of the session finishes
@@ -88,6 +97,8 @@ class Connection:
         try:
             with trio.fail_after(config.handshakems / 1000):
                 request = await read_request(self.stream, config.maxheader, self.remote, self.local)
+            if self.front is not None:
+                request = self.front.apply(request)
         except trio.TooSlowError:
             self.log.log(ACCESS, "handshake timeout")
             return await self.refuse(408, "request head not received in time")
@@ -116,7 +127,7 @@ class Connection:
         if problem:
             extra = (("Sec-WebSocket-Version", "13"),) if problem[0] == 426 else ()
             raise HttpError(problem[0], problem[1], extra)
-        if not origin_allowed(request.header("origin"), request.header("host"), config.origins, config.sameorigin, request.tls):
+        if not origin_allowed(request.header("origin"), request.forwarded_host or request.header("host"), config.origins, config.sameorigin, request.tls):
             raise HttpError(403, f"origin not allowed: {request.header('origin')}")
         if "\0" in request.target or "%00" in request.path:
             raise HttpError(400, "NUL in the request target")
@@ -145,7 +156,7 @@ class Connection:
                     remote_host = (await trio.socket.getnameinfo(request.remote, 0))[0]
                 except OSError:
                     pass
-        return build_environment(
+        env = build_environment(
             request,
             script_name=route.script_name,
             path_info=route.path_info,
@@ -155,6 +166,9 @@ class Connection:
             server_software=self.state.software,
             passed_env=self.config.passed_env,
         )
+        if self.front is not None:
+            env.update(self.front.variables)  # SSL_* (mod_ssl's names)
+        return env
 
     async def upgrade(self, request: Request, route: Route) -> None:
         config, state = self.config, self.state
@@ -229,6 +243,7 @@ class Connection:
                     with trio.move_on_after(grace):
                         await ws.close(ws.close_sent[0] if ws.close_sent else 1000, "", grace)
                 self.stream.close()
+                ws.gone = True
                 await stop(child, config.closems)
                 code, reason = ws.close_sent or ws.close_received or (1006, "client gone")
             elif self.state.stopping.is_set() and not (self.output_done or child.exited.is_set()):

@@ -63,7 +63,7 @@ def build_environment(
     passed_env: Mapping[str, str],
 ) -> Dict[str, str]:
     default_port = 443 if request.tls else 80
-    server_name, server_port = split_host(request.header("host"), default_port)
+    server_name, server_port = split_host(request.forwarded_host or request.header("host"), default_port)
     if not server_name:
         server_name, server_port = request.local[0], str(request.local[1])
     env = dict(passed_env)

@@ -35,6 +35,7 @@ class Request:
     local: Address
     tls: bool = False
     trailing: bytes = b""  # bytes after the head (the first WebSocket frames)
+    forwarded_host: Optional[str] = None  # Host the client sent to a trusted proxy (wsexec/front.py)
 
     @property
     def path(self) -> str:

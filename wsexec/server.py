@@ -17,7 +17,10 @@ import trio
 from . import __version__
 from .child import Reaper
 from .config import EXIT_CANNOT_LISTEN, Config
-from .connection import Connection, handle_connection
+from .connection import Connection
+from .front import handler_for
+from .http import serve_redirects
+from .listen import describe, open_listeners, remove_unix
 from .log import setup
 from .response import render
 from .streams import Socket
@@ -39,8 +42,10 @@ class ServerState:
         self.instance = os.urandom(6).hex()
         self.software = f"wsexec/{__version__}"
         self.addresses: List[Tuple[str, int]] = []
+        self.redirect_addresses: List[Tuple[str, int]] = []  # --redirport listeners
+        self.urls: List[str] = []  # every listener, unix sockets too (wsexec/listen.py)
         self._ids = count(1)
-        self._accept_scope = trio.CancelScope()
+        self._accept_scopes: List[trio.CancelScope] = []  # one per listener: a scope is entered once
         self._connections_scope: Optional[trio.CancelScope] = None
 
     def new_id(self) -> int:
@@ -53,7 +58,8 @@ class ServerState:
             return
         logger.info("shutting down: %d connections open", len(self.connections))
         self.stopping.set()
-        self._accept_scope.cancel()
+        for scope in self._accept_scopes:
+            scope.cancel()
         for conn in list(self.connections):
             conn.stop_for_shutdown()
 
@@ -110,14 +116,18 @@ def url_of(sockname: tuple) -> str:
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Serve until shut down; task_status gets the ServerState (with .addresses)."""
     state = ServerState(config)
-    listeners = bind(config)
-    state.addresses = [s.getsockname()[:2] for s in listeners]
+    listeners = open_listeners(config, bind)
+    state.addresses = [s.getsockname()[:2] for s in listeners if s.family != socket.AF_UNIX]
+    state.urls = [describe(s, config.ssl) for s in listeners]
+    owned_unix = (config.unixsocket, os.lstat(config.unixsocket).st_ino) if config.unixsocket and not config.listen_fds else None
     async with trio.open_nursery() as root:
         await root.start(state.reaper.run)
         if handle_signals:
             root.start_soon(watch_signals, state)
-        for sockname in state.addresses:
-            logger.info("serving %s on %s", " ".join(config.command) or f"--dir {config.dir}", url_of(sockname))
+        if config.redirport is not None:
+            await root.start(serve_redirects, state)
+        for url in state.urls:
+            logger.info("serving %s on %s", " ".join(config.command) or f"--dir {config.dir}", url)
         task_status.started(state)
         async with trio.open_nursery() as connections:
             state._connections_scope = connections.cancel_scope
@@ -129,6 +139,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
                     await trio.sleep(0.01)
             connections.cancel_scope.cancel()
         root.cancel_scope.cancel()
+    if owned_unix:
+        remove_unix(*owned_unix)
     logger.info("stopped")
 
 
@@ -137,8 +149,12 @@ async def accept(state: ServerState, listener: socket.socket, nursery: trio.Nurs
     given up to accept the client and answer 503 rather than leave it hanging
     in the backlog while accept() fails in a busy loop."""
     spare: Optional[int] = os.open(os.devnull, os.O_RDONLY)
+    handle = handler_for(state, listener)  # handle_connection unless TLS, PROXY or a unix socket
     accepted = 0
-    with state._accept_scope:
+    with trio.CancelScope() as scope:
+        state._accept_scopes.append(scope)
+        if state.stopping.is_set():
+            scope.cancel()
         try:
             while True:
                 try:
@@ -154,7 +170,7 @@ async def accept(state: ServerState, listener: socket.socket, nursery: trio.Nurs
                     continue
                 if conn.family in (socket.AF_INET, socket.AF_INET6):
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(handle_connection, Socket(conn), state)
+                nursery.start_soon(handle, Socket(conn), state)
                 accepted += 1
                 if accepted % 16 == 0:
                     await trio.lowlevel.checkpoint()
@@ -214,6 +230,10 @@ def ensure_standard_fds() -> None:
 
 def run(config: Config) -> int:
     setup(config.loglevel)
+    if config.inetd:
+        from .listen import run_inetd
+
+        return run_inetd(config)
     ensure_standard_fds()
 
     async def main() -> int:
@@ -223,8 +243,8 @@ def run(config: Config) -> int:
             except OSError as e:
                 logger.critical("cannot listen: %s", e)
                 return EXIT_CANNOT_LISTEN
-            for sockname in state.addresses:
-                print(f"listening on {url_of(sockname)}", flush=True)
+            for url in state.urls:
+                print(f"listening on {url}", flush=True)
         return 0
 
     try:

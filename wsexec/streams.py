@@ -26,13 +26,14 @@ MAX_RECEIVE = len(_BUFFER)
 
 
 class Socket:
-    __slots__ = ("sock", "_budget", "_closed")
+    __slots__ = ("sock", "_budget", "_closed", "_drained")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
         self._budget = YIELD_EVERY
         self._closed = False
+        self._drained = False
 
     async def _fair(self) -> None:
         self._budget -= 1
@@ -41,18 +42,25 @@ class Socket:
             await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        limit = min(max_bytes, MAX_RECEIVE)
+        if self._drained and not self._closed:
+            # The last read emptied the socket, so this one would most likely
+            # fail: wait first rather than pay for a failed system call.
+            await trio.lowlevel.wait_readable(self.sock)
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
             try:
-                size = self.sock.recv_into(_BUFFER, min(max_bytes, MAX_RECEIVE))
+                size = self.sock.recv_into(_BUFFER, limit)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
                 continue
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from e
+            self._drained = 0 < size < limit
             data = bytes(_VIEW[:size])
-            await self._fair()
+            if not self._drained:
+                await self._fair()
             return data
 
     async def send_all(

@@ -1,0 +1,41 @@
+"""Smoke test of the benchmark harness: it runs end to end and reports every
+scenario for both servers. It asserts nothing about speed."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6"]
+
+
+def table_rows(text: str) -> dict[str, list[list[str]]]:
+    """Scenario id -> the cells of its table rows."""
+    rows: dict[str, list[list[str]]] = {}
+    for line in text.splitlines():
+        m = re.match(r"\| (S\d[ab]?) ", line)
+        if m:
+            rows.setdefault(m.group(1), []).append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| websocketd | wsexec |" in proc.stdout
+    rows = table_rows(proc.stdout)
+    assert sorted(rows) == sorted(SCENARIOS), proc.stdout
+    for sid, cells in rows.items():
+        for row in cells:
+            # scenario, figure, better, websocketd, wsexec, ratio: both servers have a cell
+            assert len(row) == 6 and row[3] and row[4], (sid, row)
+
+    written = out.read_text()
+    assert "| scenario | figure | better | websocketd | wsexec |" in written
+    assert sorted(table_rows(written)) == sorted(SCENARIOS)
+    for word in ("nproc", "kernel", "python", "trio", "websocketd", "wsexec"):
+        assert word in written

@@ -1,0 +1,56 @@
+"""The command-line options for TLS, unix sockets, proxies, socket activation
+and inetd (wsexec/front.py, listen.py), kept apart from cli.py's core list."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict
+
+import click
+
+from .listen import activated_fds, forget_activation
+
+
+class OctalMode(click.ParamType):
+    name = "MODE"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            self.fail(f"not an octal mode: {value!r} (e.g. 660)", param, ctx)
+        if not 0 <= mode <= 0o777:
+            self.fail(f"not a permission mode: {value!r} (000 to 777)", param, ctx)
+        return mode
+
+
+OPTIONS = [
+    click.option("--ssl", is_flag=True, help="Serve TLS (wss:// and https://); needs --sslcert and --sslkey. TLS 1.2 at least."),
+    click.option("--sslcert", metavar="FILE", help="TLS certificate chain (PEM)."),
+    click.option("--sslkey", metavar="FILE", help="TLS private key (PEM)."),
+    click.option("--sslca", metavar="FILE", help="Require client certificates signed by the CAs in FILE (PEM, or a hashed directory): mutual TLS. The handler gets SSL_CLIENT_S_DN, SSL_CLIENT_VERIFY and the rest of mod_ssl's SSL_CLIENT_* variables."),
+    click.option("--unixsocket", metavar="PATH", help="Listen on a unix domain socket at PATH instead of TCP (add --address to listen on TCP too). A stale socket file is replaced."),
+    click.option("--unixsocket-mode", type=OctalMode(), default="660", show_default=True, help="Permissions of the --unixsocket file, octal."),
+    click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR", help="Believe Forwarded and X-Forwarded-For/-Proto/-Host from this address or network ('unix': unix socket peers) for REMOTE_ADDR, REMOTE_PORT, HTTPS and SERVER_NAME; repeatable."),
+    click.option("--proxy-protocol", is_flag=True, help="Every connection starts with a PROXY protocol v1 or v2 header (haproxy send-proxy, stunnel protocol = proxy); without one it is refused."),
+    click.option("--inetd", is_flag=True, help="Serve the one connection on stdin/stdout, then exit (inetd, xinetd, systemd Accept=yes)."),
+]
+
+
+def front_options(fn: Callable) -> Callable:
+    for option in reversed(OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def front_settings(values: Dict[str, Any]) -> Dict[str, Any]:
+    """Config fields from the options' values, plus the sockets systemd passed
+    (LISTEN_FDS / LISTEN_PID, read once here at start-up)."""
+    settings = dict(values)
+    settings["trusted_proxies"] = tuple(settings.get("trusted_proxies", ()))
+    settings["listen_fds"] = activated_fds(os.environ, os.getpid())
+    forget_activation(os.environ)  # type: ignore[arg-type]
+    return settings

@@ -1,0 +1,201 @@
+"""Where connections come from besides --address/--port: a unix domain socket
+(--unixsocket), sockets inherited from systemd (socket activation), and the
+one connection on stdin/stdout (--inetd)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+from typing import Callable, List, Mapping, Optional, Tuple
+
+from .config import EXIT_CANNOT_LISTEN, Config, ConfigError
+
+logger = logging.getLogger("wsexec.listen")
+
+BACKLOG = 4096
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3)
+
+
+# --- systemd socket activation -----------------------------------------------------
+
+
+def activated_fds(environ: Mapping[str, str], pid: int) -> Tuple[int, ...]:
+    """The descriptors systemd passed (sd_listen_fds(3)): LISTEN_FDS of them
+    from fd 3 on, if LISTEN_PID names this process; otherwise none."""
+    if environ.get("LISTEN_PID", "").strip() != str(pid):
+        return ()
+    count = environ.get("LISTEN_FDS", "").strip()
+    if not count.isdigit() or int(count) == 0:
+        return ()
+    return tuple(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))
+
+
+def forget_activation(environ: dict) -> None:
+    """As sd_listen_fds(unset_environment=1): the variables are for this process only."""
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+
+
+def adopt(fds: Tuple[int, ...]) -> List[socket.socket]:
+    """The inherited listening sockets, non-blocking and not inherited by handlers."""
+    sockets = []
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise OSError(e.errno, f"inherited fd {fd} is not a socket") from None
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.detach()
+            raise OSError(errno.EINVAL, f"inherited fd {fd} is not a listening stream socket (Accept=yes needs --inetd)")
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+# --- unix domain sockets -------------------------------------------------------------
+
+
+def bind_unix(path: str, mode: int) -> socket.socket:
+    """Listen on path with the given permissions. A stale socket file (nothing
+    accepts on it) is replaced; a live one, or any other file, is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        if socket_is_live(path):
+            raise OSError(errno.EADDRINUSE, f"{path} is in use by a running server")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # Before listen(): nobody can connect until the permissions are right.
+        os.chmod(path, mode)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def socket_is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as e:
+        # EAGAIN: a full backlog is a live server
+        return e.errno in (errno.EAGAIN, errno.EACCES, errno.EPERM)
+    finally:
+        probe.close()
+    return True
+
+
+def remove_unix(path: str, inode: Optional[int]) -> None:
+    """Remove the socket file on the way out, if it is still ours."""
+    try:
+        if inode is not None and os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# --- all listeners ---------------------------------------------------------------------
+
+
+def open_listeners(config: Config, bind: Callable[[Config], List[socket.socket]]) -> List[socket.socket]:
+    """Inherited sockets if systemd passed some; otherwise --unixsocket and/or
+    TCP (--unixsocket alone listens on the unix socket only; add --address
+    to listen on TCP as well)."""
+    if config.listen_fds:
+        return adopt(config.listen_fds)
+    sockets: List[socket.socket] = []
+    if config.unixsocket:
+        sockets.append(bind_unix(config.unixsocket, config.unixsocket_mode))
+    try:
+        if not config.unixsocket or config.addresses:
+            sockets += bind(config)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def describe(sock: socket.socket, tls: bool) -> str:
+    """The URL printed in the `listening on` line."""
+    name = sock.getsockname()
+    scheme = "wss" if tls else "ws"
+    if sock.family == socket.AF_UNIX:
+        path = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        return f"{scheme}+unix:{path}"
+    host, port = name[0], name[1]
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
+
+
+# --- inetd -------------------------------------------------------------------------------
+
+
+def inetd_socket() -> socket.socket:
+    """The connection inetd (or systemd Accept=yes) put on stdin and stdout.
+    It is moved off fds 0 and 1 (and 2, when stderr is the same socket), which
+    then point at /dev/null, so nothing wsexec prints can reach the client."""
+    try:
+        st0 = os.fstat(0)
+    except OSError:
+        raise ConfigError("--inetd: no stdin", EXIT_CANNOT_LISTEN) from None
+    if not stat.S_ISSOCK(st0.st_mode):
+        raise ConfigError("--inetd: stdin is not a socket", EXIT_CANNOT_LISTEN)
+    sock = socket.socket(fileno=os.dup(0))
+    sock.set_inheritable(False)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if fd < 2 or (st is not None and (st.st_dev, st.st_ino) == (st0.st_dev, st0.st_ino)):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+    sock.setblocking(False)
+    return sock
+
+
+def run_inetd(config: Config) -> int:
+    """Serve the one connection on stdin/stdout, then exit (inetd, xinetd,
+    systemd Accept=yes). SIGTERM ends it as it ends a listening server."""
+    import trio
+
+    from .front import handler_for
+    from .server import ServerState, watch_signals
+    from .streams import Socket
+
+    try:
+        sock = inetd_socket()
+    except ConfigError as e:
+        logger.critical("%s", e)
+        return e.exit_code
+
+    async def main() -> None:
+        state = ServerState(config)
+        async with trio.open_nursery() as root:
+            await root.start(state.reaper.run)
+            root.start_soon(watch_signals, state)
+            handle = handler_for(state, sock)
+            await handle(Socket(sock), state)
+            root.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0
