@@ -521,3 +521,25 @@ def test_version_and_arguments_after_command_go_to_the_child(tmp_path):
     with WsexecProcess(str(handler), "--verbose", "--port", "7") as server:
         messages, code, _ = trio.run(collect, server.url + "/")
     assert messages == ["--verbose --port 7"] and code == 1000
+
+
+def test_descriptors_wsexec_inherits_do_not_reach_handlers(tmp_path):
+    handler = script(tmp_path, "fds.py", "import os\nprint(' '.join(sorted(os.listdir('/proc/self/fd'))))\n")
+    leaked_read, leaked_write = os.pipe()
+    os.set_inheritable(leaked_read, True)
+    try:
+        proc = subprocess.Popen([PY, "-m", "wsexec", "--port", "0", "--address", "127.0.0.1", str(handler)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, pass_fds=(leaked_read,),
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        try:
+            line = proc.stdout.readline().decode()
+            url = line.split()[-1].rstrip("/")
+            messages, code, _ = trio.run(collect, url + "/")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        os.close(leaked_read)
+        os.close(leaked_write)
+    # stdin, stdout, stderr and the descriptor listdir opens: nothing else.
+    assert code == 1000 and len(messages[0].split()) == 4, messages

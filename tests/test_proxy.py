@@ -7,7 +7,7 @@ import struct
 import pytest
 import trio
 
-from helpers import make_config, raw_upgrade, read_server_frames, script, serving, trio_test, upgrade_request
+from helpers import make_config, read_server_frames, script, serving, trio_test, upgrade_request
 from wsexec.config import ConfigError
 from wsexec.proxy import (
     UNIX, Hop, ProxyError, ProxyHeader, forwarded_hops, parse_node, parse_proxy_header, parse_trust, resolve,

@@ -3,10 +3,8 @@
 
 import logging
 import os
-import socket
 import ssl
 import subprocess
-import sys
 import warnings
 
 import pytest

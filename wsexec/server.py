@@ -228,8 +228,21 @@ def ensure_standard_fds() -> None:
             os.open(os.devnull, os.O_RDWR)
 
 
+def keep_inherited_fds_from_handlers() -> None:
+    """posix_spawn closes no descriptors: mark every one wsexec inherited
+    (beyond 0-2) close-on-exec, so none leaks into handlers."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the descriptor listdir itself used, now closed
+
+
 def run(config: Config) -> int:
     setup(config.loglevel)
+    keep_inherited_fds_from_handlers()
     if config.inetd:
         from .listen import run_inetd
 

@@ -308,7 +308,8 @@ class WebSocket:
         self.gone = False  # the transport is unusable (EOF, reset, or a broken send)
         self._pending: Deque[Message] = deque()
         self._trailing = trailing
-        self._send_lock = trio.Lock()
+        self._sending = False
+        self._send_waiters = trio.lowlevel.ParkingLot()
 
     @property
     def open(self) -> bool:
@@ -381,11 +382,11 @@ class WebSocket:
     async def _send(self, data: bytes) -> bool:
         if self.gone:
             return False
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()  # the usual case: no scheduler round trip
+        # One frame at a time on the wire: the output pump and the reader
+        # (pongs, close replies) both send. Uncontended, this costs no await.
+        while self._sending:
+            await self._send_waiters.park()
+        self._sending = True
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -396,6 +397,7 @@ class WebSocket:
             self.gone = True
             raise
         finally:
-            lock.release()
+            self._sending = False
+            self._send_waiters.unpark()
         self.bytes_out += len(data)
         return True
