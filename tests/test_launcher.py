@@ -543,3 +543,36 @@ def test_descriptors_wsexec_inherits_do_not_reach_handlers(tmp_path):
         os.close(leaked_write)
     # stdin, stdout, stderr and the descriptor listdir opens: nothing else.
     assert code == 1000 and len(messages[0].split()) == 4, messages
+
+
+def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
+    handler = script(tmp_path, "stubborn.py", """
+        import os, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(os.getpid(), flush=True)
+        while True:
+            time.sleep(1)
+    """)
+    # A long --closems makes the graceful path take seconds; the second signal must not wait.
+    server = WsexecProcess("--closems", "20000", str(handler))
+    pids = []
+
+    async def main():
+        with trio.fail_after(15):
+            async with open_websocket_url(server.url) as ws:
+                pids.append(int(await ws.get_message()))
+                server.proc.send_signal(signal.SIGTERM)
+                await trio.sleep(0.3)
+                assert server.proc.poll() is None  # still in its graceful stop
+                start = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                while server.proc.poll() is None:
+                    await trio.sleep(0.02)
+                assert time.monotonic() - start < 3
+
+    try:
+        trio.run(main)
+    finally:
+        server.stop()
+    assert not alive(pids[0])
