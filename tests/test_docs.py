@@ -92,7 +92,7 @@ def test_man_page_has_the_required_sections():
 
 def test_man_page_renders_without_warnings_in_groff():
     if not shutil.which("groff"):
-        pytest.skip("groff is not installed (apt-get install groff-base)")
+        pytest.fail("groff is not installed (apt-get install groff-base)")
     done = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(MAN)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -100,7 +100,7 @@ def test_man_page_renders_without_warnings_in_groff():
 
 def test_man_page_renders_with_man():
     if not shutil.which("man"):
-        pytest.skip("man is not installed (apt-get install man-db)")
+        pytest.fail("man is not installed (apt-get install man-db)")
     done = subprocess.run(["man", "--warnings", "-l", str(MAN)], capture_output=True, text=True,
                           timeout=30, env=dict(os.environ, MANWIDTH="80", MANPAGER="cat", PAGER="cat"))
     assert done.returncode == 0 and done.stderr == "", done.stderr

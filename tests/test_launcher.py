@@ -567,6 +567,9 @@ def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
                 assert server.proc.poll() is None  # still in its graceful stop
                 start = time.monotonic()
                 server.proc.send_signal(signal.SIGTERM)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.reason.code == 1001  # a close frame even now, not a dropped socket
                 while server.proc.poll() is None:
                     await trio.sleep(0.02)
                 assert time.monotonic() - start < 3

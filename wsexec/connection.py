@@ -64,7 +64,8 @@ async def handle_connection(stream: Socket, state: "ServerState", front: Optiona
                 if conn.ws is not None:
                     await conn.ws.close(INTERNAL_ERROR, "internal error", state.config.gracems / 1000)
                 else:
-                    await response.send(stream, response.render(500, "internal error"), 1)
+                    headers = state.config.headers + state.config.headers_http
+                    await response.send(stream, response.render(500, "internal error", headers), 1)
         except Exception:  # the connection is beyond saving; the server is not
             conn.log.debug("could not tell the client", exc_info=True)
     finally:
@@ -199,10 +200,12 @@ class Connection:
             self.log.error("%s (%s)", reason, route.program)
             with trio.move_on_after(grace):
                 await ws.close(INTERNAL_ERROR, reason, grace)
+            self.log_disconnect(request, "not started", INTERNAL_ERROR, reason, started)
             return
         child.wake = self.wake
         self.log.pid = str(child.pid)
         self.log.log(ACCESS, "CONNECT %s", request.target)
+        code, reason = GOING_AWAY, "server stopped"  # unless the session ends on its own
         try:
             code, reason = await self.supervise(child, ws)
         finally:
@@ -215,9 +218,15 @@ class Connection:
                         self.state.reaper.poll_one(child)
                         if child.status is None:
                             await trio.sleep(0.005)
+            ws.close_now(code, reason)  # cancelled: a close frame if it fits, no waiting
             child.io.close()
+            status = describe_status(child.status) if child.status is not None else "not reaped"
+            self.log_disconnect(request, status, code, reason, started)
             await child.stderr.aclose()
-        status = describe_status(child.status) if child.status is not None else "not reaped"
+
+    def log_disconnect(self, request: Request, status: str, code: int, reason: str, started: float) -> None:
+        ws = self.ws
+        assert ws is not None
         received = ws.close_received[0] if ws.close_received else "none"
         self.log.log(
             ACCESS,

@@ -88,6 +88,14 @@ class Socket:
             view = view[sent:]
         await self._fair()
 
+    def send_nowait(self, data: bytes) -> None:
+        """One non-blocking attempt; whatever does not fit is dropped."""
+        if not self._closed:
+            try:
+                self.sock.send(data)
+            except OSError:
+                pass
+
     def peer_open(self) -> bool:
         """Whether a TCP peer has neither closed nor reset the connection,
         found without reading the data queued before its FIN or RST."""

@@ -366,6 +366,14 @@ class WebSocket:
         self.close_sent = (code, reason)
         await self._send(encode_close(code, reason))
 
+    def close_now(self, code: int, reason: str) -> None:
+        """Best effort, without waiting: a close frame if the socket takes it
+        at once (used when the session is being cancelled)."""
+        send_nowait = getattr(self.stream, "send_nowait", None)
+        if self.open and not self._sending and send_nowait is not None:
+            self.close_sent = (code, reason)
+            send_nowait(encode_close(code, reason))
+
     async def close(self, code: int, reason: str, grace: float) -> None:
         """The closing handshake: send our close frame, wait up to `grace` for the reply."""
         await self.send_close(code, reason)
