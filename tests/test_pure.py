@@ -350,3 +350,21 @@ def test_unmask_matches_the_rfc_definition(size):
     data, key = os.urandom(size), os.urandom(4)
     # RFC 6455 section 5.3: j = i MOD 4; transformed-octet-i = original-octet-i XOR masking-key-octet-j
     assert unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["-port=8080", "./h"], ["--port=8080", "./h"]),
+    (["-port", "8080", "./h", "-port=1"], ["--port", "8080", "./h", "-port=1"]),
+    (["--binary=true", "cat"], ["--binary", "cat"]),
+    (["--binary=false", "cat"], ["cat"]),
+    (["-binary", "cat"], ["--binary", "cat"]),
+    (["--port", "-5", "cat"], ["--port", "-5", "cat"]),  # a value is never rewritten
+    (["-h"], ["-h"]),
+    (["-unknown=1", "cat"], ["-unknown=1", "cat"]),  # left for click to refuse
+    (["--", "-port=1"], ["--", "-port=1"]),
+    (["cat", "--binary=true"], ["cat", "--binary=true"]),  # the handler's own arguments
+])
+def test_go_style_flags(argv, expected):
+    from wsexec.cli import go_style_flags
+
+    assert go_style_flags(argv, {"--port"}, {"--binary"}) == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Set
 
 import click
 
@@ -140,5 +140,37 @@ def command(
     sys.exit(run(config))
 
 
+TRUE_WORDS = ("1", "t", "true", "yes", "on")
+FALSE_WORDS = ("0", "f", "false", "no", "off")
+
+
+def go_style_flags(argv: Sequence[str], takes_value: Set[str], flags: Set[str]) -> List[str]:
+    """websocketd (Go's flag package) also takes '-port=8080' and
+    '--binary=true': rewrite those to click's spelling, up to COMMAND."""
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        arg = out[i]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            break  # COMMAND (or the end of options): the rest is the handler's
+        if not arg.startswith("--") and len(arg) > 2 and "--" + arg[1:].split("=", 1)[0] in takes_value | flags:
+            arg = out[i] = "-" + arg
+        name, eq, value = arg.partition("=")
+        if name in flags and eq:
+            if value.lower() in TRUE_WORDS:
+                out[i] = name
+            elif value.lower() in FALSE_WORDS:
+                del out[i]
+                continue
+        elif name in takes_value and not eq:
+            i += 1  # its value follows
+        i += 1
+    return out
+
+
 def main() -> None:
-    command(prog_name="wsexec")
+    takes_value, flags = set(), set()
+    for param in command.params:
+        if isinstance(param, click.Option):
+            (flags if param.is_flag else takes_value).update(o for o in param.opts if o.startswith("--"))
+    command(args=go_style_flags(sys.argv[1:], takes_value, flags), prog_name="wsexec")
