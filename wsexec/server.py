@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -240,8 +241,20 @@ def keep_inherited_fds_from_handlers() -> None:
                 pass  # the descriptor listdir itself used, now closed
 
 
+def tune_gc() -> None:
+    """The collector, not wsexec, set the tail latency with thousands of open
+    connections: a full collection walks every object of every connection
+    (measured in bench S5b: pauses up to 260 ms, collecting nothing, and a
+    first-echo p99 of 86 ms). Objects made at start-up are frozen out of it,
+    and collections are made rarer; connections leave little cyclic garbage
+    (about 20 objects when one ends), which is still collected."""
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
+
+
 def run(config: Config) -> int:
     setup(config.loglevel)
+    tune_gc()
     keep_inherited_fds_from_handlers()
     if config.inetd:
         from .listen import run_inetd
