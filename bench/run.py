@@ -422,6 +422,17 @@ A cell reads fail / stalled / timeout when a round did not give a number
 (with how many rounds did so); CPU figures count the server and its `cat` children."""
 
 
+def kept_findings(out: Path) -> str:
+    """The hand-written '## Findings' section of an earlier report (profiles,
+    what was tried) survives a new run."""
+    try:
+        text = out.read_text()
+    except OSError:
+        return ""
+    start = text.find("\n## Findings")
+    return "" if start < 0 else text[start:]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="seconds-long smoke run, one round")
@@ -474,7 +485,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# wsexec vs websocketd benchmark\n\n{environment(args, load_before)}\n\n"
                         f"{report}\n\n{NOTE}\n\n## Per-round values (in run order)\n\n"
-                        f"{per_round(scenarios, results, names)}\n")
+                        f"{per_round(scenarios, results, names)}\n{kept_findings(args.out)}")
     print(f"wrote {args.out} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 
