@@ -24,7 +24,7 @@ from .http import serve_redirects
 from .listen import describe, open_listeners, remove_unix
 from .log import setup
 from .response import render
-from .streams import Poller, Socket
+from .streams import Socket
 
 logger = logging.getLogger("wsexec.server")
 
@@ -123,7 +123,6 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     owned_unix = (config.unixsocket, os.lstat(config.unixsocket).st_ino) if config.unixsocket and not config.listen_fds else None
     async with trio.open_nursery() as root:
         await root.start(state.reaper.run)
-        await root.start(Poller().run)
         if handle_signals:
             root.start_soon(watch_signals, state)
         if config.redirport is not None:
