@@ -40,6 +40,12 @@ class Formatter(logging.Formatter):
 
 
 def setup(level: str) -> None:
+    # Two lines per connection are on the hot path: skip what the format never
+    # shows (the caller's file and line, thread and process names).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Formatter())
     root = logging.getLogger("wsexec")
