@@ -35,11 +35,9 @@ class Socket:
         self._closed = False
         self._drained = False
 
-    async def _fair(self) -> None:
-        self._budget -= 1
-        if self._budget <= 0:
-            self._budget = YIELD_EVERY
-            await trio.lowlevel.checkpoint()
+    async def _yield(self) -> None:
+        self._budget = YIELD_EVERY
+        await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
         limit = min(max_bytes, MAX_RECEIVE)
@@ -60,7 +58,9 @@ class Socket:
             self._drained = 0 < size < limit
             data = bytes(_VIEW[:size])
             if not self._drained:
-                await self._fair()
+                self._budget -= 1
+                if self._budget <= 0:
+                    await self._yield()
             return data
 
     async def send_all(
@@ -68,6 +68,22 @@ class Socket:
     ) -> None:
         """Send everything. While blocked, still_wanted() is asked every
         STALL_CHECK seconds; False gives up with BrokenResourceError."""
+        if not self._closed:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                raise trio.BrokenResourceError(str(e)) from e
+            if sent == len(data):  # the usual case: all of it in one call
+                self._budget -= 1
+                if self._budget <= 0:
+                    await self._yield()
+                return
+            data = memoryview(data)[sent:]
+        await self._send_rest(data, still_wanted)
+
+    async def _send_rest(self, data: Union[bytes, bytearray, memoryview], still_wanted: Optional[Callable[[], bool]]) -> None:
         view = memoryview(data)
         while view:
             if self._closed:
@@ -86,7 +102,7 @@ class Socket:
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from e
             view = view[sent:]
-        await self._fair()
+        await self._yield()
 
     def send_nowait(self, data: bytes) -> None:
         """One non-blocking attempt; whatever does not fit is dropped."""

@@ -406,6 +406,7 @@ class WebSocket:
             raise
         finally:
             self._sending = False
-            self._send_waiters.unpark()
+            if self._send_waiters:
+                self._send_waiters.unpark()
         self.bytes_out += len(data)
         return True
