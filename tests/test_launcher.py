@@ -579,3 +579,23 @@ def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
     finally:
         server.stop()
     assert not alive(pids[0])
+
+
+@trio_test(10)
+async def test_subprotocol_is_chosen_from_the_clients_offer_and_given_to_the_handler(tmp_path):
+    handler = script(tmp_path, "proto.py", "import os\nprint(os.environ.get('WEBSOCKET_PROTOCOL', '-'))\n")
+    async with serving(make_config(handler, subprotocols=("json", "chat"))) as (state, url):
+        async with open_websocket_url(url, subprotocols=["chat", "json"]) as ws:
+            assert ws.subprotocol == "chat"
+            assert await ws.get_message() == "chat"
+        async with open_websocket_url(url, subprotocols=["xml"]) as ws:
+            assert ws.subprotocol is None
+            assert await ws.get_message() == "-"
+        port = state.addresses[0][1]
+        head = await response_head(port, upgrade_request(extra="Sec-WebSocket-Protocol: json\r\n"))
+        assert b"\r\nSec-WebSocket-Protocol: json" in head
+
+
+def test_subprotocol_must_be_a_token():
+    result = subprocess.run([PY, "-m", "wsexec", "--subprotocol", "a b", "cat"], cwd=ROOT, capture_output=True, timeout=20)
+    assert result.returncode == 2 and b"--subprotocol must be a token" in result.stderr

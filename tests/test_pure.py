@@ -368,3 +368,17 @@ def test_go_style_flags(argv, expected):
     from wsexec.cli import go_style_flags
 
     assert go_style_flags(argv, {"--port"}, {"--binary"}) == expected
+
+
+@pytest.mark.parametrize("offered, supported, chosen", [
+    ("chat, superchat", ("superchat", "chat"), "chat"),  # the client's order of preference
+    ("chat", ("json",), None),
+    (None, ("chat",), None),
+    ("chat", (), None),
+    (" a ,b", ("b",), "b"),
+    ("", ("chat",), None),
+])
+def test_select_subprotocol(offered, supported, chosen):
+    from wsexec.websocket import select_subprotocol
+
+    assert select_subprotocol(offered, supported) == chosen

@@ -56,6 +56,7 @@ class Config:
     devconsole: bool = False
     redirport: Optional[int] = None  # plain HTTP listener that redirects to https://
     cgitimeoutms: int = 60_000
+    subprotocols: Tuple[str, ...] = ()  # offered WebSocket subprotocols wsexec may accept
     # Listeners and what comes before HTTP (wsexec/listen.py, front.py, tls.py, proxy.py).
     ssl: bool = False
     sslcert: Optional[str] = None
@@ -123,6 +124,9 @@ def validate(config: Config) -> Config:
         raise ConfigError("missing COMMAND (or --dir)", EXIT_USAGE)
     if config.origins and config.sameorigin:
         raise ConfigError("give either --origin or --sameorigin, not both", EXIT_BAD_COMBINATION)
+    for name in config.subprotocols:
+        if not is_token(name):
+            raise ConfigError(f"--subprotocol must be a token, not {name!r}", EXIT_USAGE)
     if config.loglevel not in LOG_LEVELS:
         raise ConfigError(f"unknown --loglevel {config.loglevel!r}", EXIT_USAGE)
     for name, value, low in (

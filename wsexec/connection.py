@@ -35,6 +35,7 @@ from .websocket import (
     handshake_response,
     is_upgrade,
     is_utf8,
+    select_subprotocol,
 )
 
 if TYPE_CHECKING:
@@ -178,7 +179,12 @@ class Connection:
         state.connections.add(self)
         try:
             key = request.header("sec-websocket-key") or ""
-            await self.stream.send_all(handshake_response(key, config.headers + config.headers_ws))
+            headers = config.headers + config.headers_ws
+            protocol = select_subprotocol(request.header("sec-websocket-protocol"), config.subprotocols)
+            if protocol is not None:
+                headers += (("Sec-WebSocket-Protocol", protocol),)
+                env["WEBSOCKET_PROTOCOL"] = protocol
+            await self.stream.send_all(handshake_response(key, headers))
             self.ws = WebSocket(self.stream, config.maxmessage, request.trailing)
             await self.session(request, route, env)
         finally:

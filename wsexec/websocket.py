@@ -75,6 +75,16 @@ def handshake_problem(method: str, http_version: str, get_header) -> Optional[Tu
     return None
 
 
+def select_subprotocol(offered: Optional[str], supported: Sequence[str]) -> Optional[str]:
+    """RFC 6455 section 4.2.2: the server picks one of the client's
+    Sec-WebSocket-Protocol values, here the first (in the client's order of
+    preference) that --subprotocol names; None to pick none."""
+    for name in (t.strip() for t in (offered or "").split(",")):
+        if name and name in supported:
+            return name
+    return None
+
+
 def accept_key(key: str) -> str:
     """RFC 6455 section 4.2.2: base64(SHA-1(key + GUID))."""
     return base64.b64encode(hashlib.sha1(key.strip().encode("ascii") + GUID).digest()).decode("ascii")
