@@ -599,3 +599,33 @@ async def test_subprotocol_is_chosen_from_the_clients_offer_and_given_to_the_han
 def test_subprotocol_must_be_a_token():
     result = subprocess.run([PY, "-m", "wsexec", "--subprotocol", "a b", "cat"], cwd=ROOT, capture_output=True, timeout=20)
     assert result.returncode == 2 and b"--subprotocol must be a token" in result.stderr
+
+
+@trio_test(10)
+async def test_pings_keep_an_answering_client_and_drop_a_silent_one(tmp_path):
+    handler = script(tmp_path, "pid.py", "import os, sys\nprint(os.getpid(), flush=True)\nsys.stdin.read()\n")
+    async with serving(make_config(handler, pingms=100)) as (state, url):
+        # trio-websocket answers pings by itself: the connection outlives many intervals.
+        async with open_websocket_url(url) as ws:
+            await ws.get_message()
+            await trio.sleep(0.6)
+            assert not ws.closed
+        # A client that completes the handshake and then answers nothing is dropped.
+        port = state.addresses[0][1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(upgrade_request())
+            received = b""
+            start = trio.current_time()
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    break
+                received += data
+            elapsed = trio.current_time() - start
+        assert b"\x89\x00" in received  # it was pinged (an empty ping frame)
+        assert 0.2 <= elapsed < 2
+        frames = received.split(b"\r\n\r\n", 1)[1]
+        assert frames[0] == 0x81  # the handler's first line, a text frame
+        pid = int(frames[2 : 2 + frames[1]])
+        assert await wait_gone(pid, 3)

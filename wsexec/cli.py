@@ -67,6 +67,7 @@ def split_list(value: str) -> tuple:
 @click.option("--gracems", type=int, default=2_000, show_default=True, help="Milliseconds to wait for the client's close reply, and for connections to end on shutdown.")
 @click.option("--staticdir", type=click.Path(file_okay=False), metavar="DIR", help="Serve the files in DIR to plain HTTP GET and HEAD requests.")
 @click.option("--cgidir", type=click.Path(file_okay=False), metavar="DIR", help="Run the executables in DIR as CGI/1.1 scripts for plain HTTP requests.")
+@click.option("--pingms", type=int, default=0, show_default=True, help="Send a ping every MS milliseconds; a client silent for two intervals is dropped. 0: no pings.")
 @click.option("--subprotocol", multiple=True, metavar="NAME", help="Accept this WebSocket subprotocol when a client offers it (its first offer that is listed wins; the handler gets WEBSOCKET_PROTOCOL); repeatable.")
 @click.option("--cgitimeoutms", type=int, default=60_000, show_default=True, help="Milliseconds a CGI script may run; then it is killed (504 if it sent no header yet).")
 @click.option("--devconsole", is_flag=True, help="Answer plain HTTP GET with a page for trying the WebSocket handler in a browser.")
@@ -95,6 +96,7 @@ def command(
     gracems: int,
     staticdir: Optional[str],
     cgidir: Optional[str],
+    pingms: int,
     subprotocol: Sequence[str],
     cgitimeoutms: int,
     devconsole: bool,
@@ -129,6 +131,7 @@ def command(
         cgidir=cgidir,
         cgitimeoutms=cgitimeoutms,
         subprotocols=tuple(subprotocol),
+        pingms=pingms,
         devconsole=devconsole,
         redirport=redirport,
     )

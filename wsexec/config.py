@@ -56,6 +56,7 @@ class Config:
     devconsole: bool = False
     redirport: Optional[int] = None  # plain HTTP listener that redirects to https://
     cgitimeoutms: int = 60_000
+    pingms: int = 0  # 0: no keepalive pings
     subprotocols: Tuple[str, ...] = ()  # offered WebSocket subprotocols wsexec may accept
     # Listeners and what comes before HTTP (wsexec/listen.py, front.py, tls.py, proxy.py).
     ssl: bool = False
@@ -137,6 +138,7 @@ def validate(config: Config) -> Config:
         ("--maxheader", config.maxheader, 1024),
         ("--handshakems", config.handshakems, 1),
         ("--gracems", config.gracems, 0),
+        ("--pingms", config.pingms, 0),
     ):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)

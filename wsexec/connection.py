@@ -248,6 +248,8 @@ class Connection:
             nursery.start_soon(self.pump_stderr, child)
             nursery.start_soon(self.pump_input, child, ws, input_scope)
             nursery.start_soon(self.pump_output, child, ws, output_scope)
+            if config.pingms:
+                nursery.start_soon(self.keepalive, ws, config.pingms / 1000)
             await self.wake.wait()
             if self.client_done:
                 # Client gone first: stdin closed at once, the client released
@@ -288,6 +290,19 @@ class Connection:
                 await ws.close(code, reason, grace)
             nursery.cancel_scope.cancel()
         return code, reason
+
+    async def keepalive(self, ws: WebSocket, interval: float) -> None:
+        """A ping every interval; a client that sends nothing back for two
+        intervals (no pong, no message) is treated as gone."""
+        while ws.open:
+            await trio.sleep(interval)
+            if trio.current_time() - ws.last_heard > 2 * interval:
+                self.log.log(ACCESS, "no answer to pings for %.1fs: dropping the client", 2 * interval)
+                ws.gone = True
+                self.stream.close()
+                self.finished("client_done")
+                return
+            await ws.ping()
 
     def finished(self, attr: str) -> None:
         setattr(self, attr, True)

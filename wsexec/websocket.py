@@ -318,6 +318,7 @@ class WebSocket:
         self.gone = False  # the transport is unusable (EOF, reset, or a broken send)
         self._pending: Deque[Message] = deque()
         self._trailing = trailing
+        self.last_heard = trio.current_time()  # when the client last sent anything
         self._sending = False
         self._send_waiters = trio.lowlevel.ParkingLot()
 
@@ -362,6 +363,7 @@ class WebSocket:
         if not data:
             self.gone = True
         self.bytes_in += len(data)
+        self.last_heard = trio.current_time()
         return data
 
     async def send_messages(self, messages: Sequence[Message]) -> bool:
@@ -369,6 +371,10 @@ class WebSocket:
         if not self.open:
             return False
         return await self._send(b"".join([encode_frame(op, data) for op, data in messages]))
+
+    async def ping(self) -> None:
+        if self.open:
+            await self._send(encode_frame(PING, b""))
 
     async def send_close(self, code: int, reason: str = "") -> None:
         if self.close_sent or self.gone:
