@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import trio
 
@@ -33,7 +33,7 @@ class Child:
     stderr: trio.lowlevel.FdStream
     status: Optional[int] = None  # wait status once reaped
     exited: trio.Event = field(default_factory=trio.Event)
-    wake: Optional[trio.Event] = None  # also set on exit: the connection's "something ended"
+    on_exit: Optional[Callable[[], None]] = None  # the connection's "something ended"
 
     def close_stdin(self) -> None:
         self.io.shutdown_write()
@@ -158,8 +158,8 @@ class Reaper:
         child.status = status
         del self.children[child.pid]
         child.exited.set()
-        if child.wake is not None:
-            child.wake.set()
+        if child.on_exit is not None:
+            child.on_exit()
 
     def kill_all(self) -> None:
         for child in list(self.children.values()):

@@ -88,6 +88,7 @@ class Connection:
         self.log = ConnectionLog(logger, self.id, self.remote)
         self.ws: Optional[WebSocket] = None
         self.wake = trio.Event()  # set when any end of the session finishes
+        self.input_scope = trio.CancelScope()  # the client-to-handler pump, cancelled then too
         self.client_done = False
         self.output_done = False
         self.close_override: Optional[Tuple[int, str]] = None
@@ -208,7 +209,7 @@ class Connection:
                 await ws.close(INTERNAL_ERROR, reason, grace)
             self.log_disconnect(request, "not started", INTERNAL_ERROR, reason, started)
             return
-        child.wake = self.wake
+        child.on_exit = self.wakeup
         self.log.pid = str(child.pid)
         self.log.log(ACCESS, "CONNECT %s", request.target)
         code, reason = GOING_AWAY, "server stopped"  # unless the session ends on its own
@@ -243,14 +244,16 @@ class Connection:
     async def supervise(self, child: Child, ws: WebSocket) -> Tuple[int, str]:
         config = self.config
         grace = config.gracems / 1000
-        input_scope, output_scope = trio.CancelScope(), trio.CancelScope()
+        output_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.pump_stderr, child)
-            nursery.start_soon(self.pump_input, child, ws, input_scope)
             nursery.start_soon(self.pump_output, child, ws, output_scope)
             if config.pingms:
                 nursery.start_soon(self.keepalive, ws, config.pingms / 1000)
-            await self.wake.wait()
+            # This task pumps the client's messages itself (one task fewer per
+            # connection) until the client is done or another end finishes.
+            with self.input_scope:
+                await self.pump_input(child, ws)
             if self.client_done:
                 # Client gone first: stdin closed at once, the client released
                 # (its close was answered), then the ladder.
@@ -284,7 +287,6 @@ class Connection:
                     code, reason = NORMAL, ""
                 else:
                     code, reason = INTERNAL_ERROR, describe_status(child.status)
-            input_scope.cancel()
             output_scope.cancel()
             with trio.move_on_after(grace):
                 await ws.close(code, reason, grace)
@@ -306,33 +308,37 @@ class Connection:
 
     def finished(self, attr: str) -> None:
         setattr(self, attr, True)
-        self.wake.set()
+        self.wakeup()
 
-    async def pump_input(self, child: Child, ws: WebSocket, scope: trio.CancelScope) -> None:
+    def wakeup(self) -> None:
+        """Some end of the session finished: stop pumping client messages."""
+        self.wake.set()
+        self.input_scope.cancel()
+
+    async def pump_input(self, child: Child, ws: WebSocket) -> None:
         """Client messages to the handler's stdin; a blocked write is the backpressure."""
-        with scope:
-            writable = True
-            binary = self.config.binary
-            while True:
-                batch = await ws.receive()
-                if batch is None:
+        writable = True
+        binary = self.config.binary
+        while True:
+            batch = await ws.receive()
+            if batch is None:
+                break
+            if not writable:
+                continue
+            payloads = [payload for _, payload in batch]
+            data = b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
+            try:
+                # A handler that does not read blocks this write; meanwhile
+                # nobody reads the client, so check it has not left.
+                await child.io.send_all(data, still_wanted=self.stream.peer_open)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not self.stream.peer_open():
+                    self.log.debug("client left while the handler was not reading")
+                    ws.gone = True
                     break
-                if not writable:
-                    continue
-                payloads = [payload for _, payload in batch]
-                data = b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
-                try:
-                    # A handler that does not read blocks this write; meanwhile
-                    # nobody reads the client, so check it has not left.
-                    await child.io.send_all(data, still_wanted=self.stream.peer_open)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    if not self.stream.peer_open():
-                        self.log.debug("client left while the handler was not reading")
-                        ws.gone = True
-                        break
-                    writable = False
-                    self.log.debug("handler stopped reading stdin; client messages are dropped")
-            self.finished("client_done")
+                writable = False
+                self.log.debug("handler stopped reading stdin; client messages are dropped")
+        self.finished("client_done")
 
     async def pump_output(self, child: Child, ws: WebSocket, scope: trio.CancelScope) -> None:
         """Handler stdout to the client; a blocked send is the backpressure."""
@@ -382,7 +388,7 @@ class Connection:
             self.log.error("stderr: %s", last.decode("utf-8", "backslashreplace"))
 
     def stop_for_shutdown(self) -> None:
-        self.wake.set()
+        self.wakeup()
 
 
 def line_message(line: bytes) -> Tuple[int, bytes]:
