@@ -169,6 +169,8 @@ class Reaper:
 async def stop(child: Child, closems: int) -> None:
     """websocketd's ladder, on the whole group: SIGINT, SIGTERM, then SIGKILL
     at closems + 100, 250 and 500 ms, stopping as soon as the handler exits."""
+    if child.exited.is_set():
+        return
     start = trio.current_time()
     base = closems / 1000
     for delay, signum in ((0.1, signal.SIGINT), (0.25, signal.SIGTERM), (0.5, signal.SIGKILL)):

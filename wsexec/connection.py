@@ -98,13 +98,14 @@ class Connection:
     async def run(self) -> None:
         config = self.config
         try:
-            with trio.fail_after(config.handshakems / 1000):
+            # A plain scope, not fail_after: this runs once per connection.
+            with trio.CancelScope(deadline=trio.current_time() + config.handshakems / 1000) as deadline:
                 request = await read_request(self.stream, config.maxheader, self.remote, self.local)
+            if deadline.cancelled_caught:
+                self.log.log(ACCESS, "handshake timeout")
+                return await self.refuse(408, "request head not received in time")
             if self.front is not None:
                 request = self.front.apply(request)
-        except trio.TooSlowError:
-            self.log.log(ACCESS, "handshake timeout")
-            return await self.refuse(408, "request head not received in time")
         except ClientGone:
             return
         except HttpError as e:
@@ -288,8 +289,9 @@ class Connection:
                 else:
                     code, reason = INTERNAL_ERROR, describe_status(child.status)
             output_scope.cancel()
-            with trio.move_on_after(grace):
-                await ws.close(code, reason, grace)
+            if not ws.gone:
+                with trio.move_on_after(grace):
+                    await ws.close(code, reason, grace)
             nursery.cancel_scope.cancel()
         return code, reason
 

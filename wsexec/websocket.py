@@ -393,6 +393,8 @@ class WebSocket:
     async def close(self, code: int, reason: str, grace: float) -> None:
         """The closing handshake: send our close frame, wait up to `grace` for the reply."""
         await self.send_close(code, reason)
+        if self.gone or self.close_received:
+            return
         with trio.move_on_after(grace):
             while not (self.gone or self.close_received):
                 data = await self._receive_bytes()
