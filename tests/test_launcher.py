@@ -578,7 +578,7 @@ def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
         trio.run(main)
     finally:
         server.stop()
-    assert not alive(pids[0])
+    assert trio.run(wait_gone, pids[0])
 
 
 @trio_test(10)
