@@ -124,7 +124,9 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     async with trio.open_nursery() as root:
         await root.start(state.reaper.run)
         if handle_signals:
-            root.start_soon(watch_signals, state)
+            # Started, not just scheduled: a SIGTERM right after "listening on"
+            # must already take the graceful path.
+            await root.start(watch_signals, state)
         if config.redirport is not None:
             await root.start(serve_redirects, state)
         for url in state.urls:
@@ -209,8 +211,9 @@ def refuse_when_out_of_fds(listener: socket.socket, spare: Optional[int]) -> Opt
     return reserve_fd()
 
 
-async def watch_signals(state: ServerState) -> None:
+async def watch_signals(state: ServerState, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             if not state.stopping.is_set():
                 logger.info("%s received", signal.Signals(signum).name)
