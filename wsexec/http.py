@@ -34,7 +34,7 @@ from . import cgi, devconsole, static
 from .environment import split_host
 from .log import ACCESS
 from .request import ClientGone, HttpError, Request, read_request
-from .streams import Socket
+from .streams import Socket, next_connection
 from .websocket import is_upgrade
 
 if TYPE_CHECKING:
@@ -332,10 +332,7 @@ async def serve_redirects(state: "ServerState", *, task_status=trio.TASK_STATUS_
 async def accept_redirects(state: "ServerState", listener: socket.socket, nursery: trio.Nursery) -> None:
     while True:
         try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(listener)
-            continue
+            conn = await next_connection(listener)
         except OSError:
             await trio.sleep(0.05)  # out of descriptors, or the client is gone
             continue

@@ -24,7 +24,7 @@ from .http import serve_redirects
 from .listen import describe, open_listeners, remove_unix
 from .log import setup
 from .response import render
-from .streams import Socket
+from .streams import Socket, next_connection
 
 logger = logging.getLogger("wsexec.server")
 
@@ -161,10 +161,7 @@ async def accept(state: ServerState, listener: socket.socket, nursery: trio.Nurs
         try:
             while True:
                 try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(listener)
-                    continue
+                    conn = await next_connection(listener)
                 except OSError as e:
                     if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         continue  # ECONNABORTED and the like: that client is gone

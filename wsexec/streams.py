@@ -25,6 +25,16 @@ _VIEW = memoryview(_BUFFER)
 MAX_RECEIVE = len(_BUFFER)
 
 
+async def next_connection(listener: socket.socket) -> socket.socket:
+    """The next connection on a non-blocking listening socket, waiting for
+    one; OSError for anything but "none yet" (EMFILE, ECONNABORTED...)."""
+    while True:
+        try:
+            return listener.accept()[0]
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(listener)
+
+
 class Socket:
     __slots__ = ("sock", "_budget", "_closed", "_drained")
 
