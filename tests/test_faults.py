@@ -14,7 +14,6 @@ import signal
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -234,7 +233,6 @@ async def test_fd_exhaustion_refuses_cleanly_and_recovers(tmp_path) -> None:  # 
                 await trio.sleep(0.02)
         base = fd_count(pid)
         streams = []
-        outcomes: Dict[str, int] = {"open": 0}
         try:
             # Far more connections than fit: each session needs 3 fds.
             for i in range(NOFILE):
@@ -364,9 +362,9 @@ async def test_sigterm_closes_1000_sessions_with_1001() -> None:
 
 
 def test_sigkill_of_wsexec_ends_children_that_read_or_write(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    reader = script(tmp_path, "reader", "echo $$\nexec cat\n", interpreter=SH)
-    writer = script(tmp_path, "writer", "echo $$\nexec yes\n", interpreter=SH)
-    idle = script(tmp_path, "idle", "echo $$\nexec sleep 1000\n", interpreter=SH)
+    script(tmp_path, "reader", "echo $$\nexec cat\n", interpreter=SH)
+    script(tmp_path, "writer", "echo $$\nexec yes\n", interpreter=SH)
+    script(tmp_path, "idle", "echo $$\nexec sleep 1000\n", interpreter=SH)
     root = tmp_path
     with WsexecProcess("--loglevel", "error", "--dir", str(root)) as server:
         drain_output(server)

@@ -4,7 +4,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -20,6 +19,16 @@ DUMP_ENV = """
 import os
 for k in sorted(os.environ):
     print(f"{k}={os.environ[k]}")
+"""
+
+
+STUBBORN = """
+import os, signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print(os.getpid(), flush=True)
+while True:
+    time.sleep(1)
 """
 
 
@@ -211,14 +220,7 @@ async def test_spawn_failure_closes_1011_with_reason_and_next_connection_works(t
 
 @trio_test(15)
 async def test_client_gone_stops_a_child_that_ignores_sigint_and_sigterm(tmp_path):
-    handler = script(tmp_path, "stubborn.py", """
-        import os, signal, time
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(os.getpid(), flush=True)
-        while True:
-            time.sleep(1)
-    """)
+    handler = script(tmp_path, "stubborn.py", STUBBORN)
     async with serving(make_config(handler, closems=100)) as (state, url):
         async with open_websocket_url(url) as ws:
             pid = int(await ws.get_message())
@@ -358,16 +360,8 @@ async def test_request_head_over_maxheader_gets_431(tmp_path):
 async def test_slow_request_head_is_cut_off(tmp_path):
     async with serving(make_config("cat", handshakems=300)) as (state, url):
         port = state.addresses[0][1]
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(b"GET / HTTP/1.1\r\n")
-            start = trio.current_time()
-            answer = b""
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    break
-                answer += data
+        start = trio.current_time()
+        answer = await raw_http(port, b"GET / HTTP/1.1\r\n")  # and nothing more
         assert answer.startswith(b"HTTP/1.1 408 ") and trio.current_time() - start < 2
 
 
@@ -546,14 +540,7 @@ def test_descriptors_wsexec_inherits_do_not_reach_handlers(tmp_path):
 
 
 def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
-    handler = script(tmp_path, "stubborn.py", """
-        import os, signal, time
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(os.getpid(), flush=True)
-        while True:
-            time.sleep(1)
-    """)
+    handler = script(tmp_path, "stubborn.py", STUBBORN)
     # A long --closems makes the graceful path take seconds; the second signal must not wait.
     server = WsexecProcess("--closems", "20000", str(handler))
     pids = []

@@ -12,7 +12,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from certs import make_certs
-from helpers import PY, ROOT, make_config, readline_within, script, serving, trio_test, upgrade_request
+from helpers import PY, ROOT, make_config, raw_http, readline_within, script, serving, trio_test, upgrade_request
 from wsexec.config import ConfigError
 from wsexec.tls import client_variables, rfc4514
 
@@ -202,18 +202,7 @@ async def test_plain_http_and_stalled_handshakes_do_not_block_others(tmp_path, c
             await silent.aclose()
             await garbage.aclose()
             # Plain HTTP on the TLS port gets a plain answer.
-            plain = await trio.open_tcp_stream("127.0.0.1", port)
-            await plain.send_all(upgrade_request())
-            answer = b""
-            while True:
-                try:
-                    data = await plain.receive_some(4096)
-                except trio.BrokenResourceError:
-                    break
-                if not data:
-                    break
-                answer += data
-            await plain.aclose()
+            answer = await raw_http(port, upgrade_request())
             assert answer.startswith(b"HTTP/1.1 400 ") and b"TLS" in answer
             assert (await wss_env(url, certs.client_context()))["HTTPS"] == "on"
 

@@ -87,10 +87,9 @@ class Connection:
             self.remote, self.local = front.remote, front.local
         self.log = ConnectionLog(logger, self.id, self.remote)
         self.ws: Optional[WebSocket] = None
-        self.wake = trio.Event()  # set when any end of the session finishes
-        self.input_scope = trio.CancelScope()  # the client-to-handler pump, cancelled then too
+        self.input_scope = trio.CancelScope()  # the client-to-handler pump: cancelled when another end finishes
         self.client_done = False
-        self.output_done = False
+        self.output_closed = trio.Event()  # the handler's stdout ended (or a line was too long)
         self.close_override: Optional[Tuple[int, str]] = None
 
     # --- before the upgrade --------------------------------------------------
@@ -267,18 +266,15 @@ class Connection:
                 ws.gone = True
                 await stop(child, config.closems)
                 code, reason = ws.close_sent or ws.close_received or (1006, "client gone")
-            elif self.state.stopping.is_set() and not (self.output_done or child.exited.is_set()):
+            elif self.state.stopping.is_set() and not (self.output_closed.is_set() or child.exited.is_set()):
                 child.close_stdin()
                 await stop(child, config.closems)
                 code, reason = GOING_AWAY, "server shutting down"
             else:
                 # The handler finished: deliver what it printed, then close
                 # with its exit status (RFC 6455 section 7.4.1: 1000 or 1011).
-                if not self.output_done:
-                    with trio.move_on_after(grace):
-                        while not self.output_done:
-                            self.wake = trio.Event()
-                            await self.wake.wait()
+                with trio.move_on_after(grace):
+                    await self.output_closed.wait()
                 child.close_stdin()
                 await stop(child, config.closems)
                 assert child.status is not None
@@ -304,17 +300,13 @@ class Connection:
                 self.log.log(ACCESS, "no answer to pings for %.1fs: dropping the client", 2 * interval)
                 ws.gone = True
                 self.stream.close()
-                self.finished("client_done")
+                self.client_done = True
+                self.wakeup()
                 return
             await ws.ping()
 
-    def finished(self, attr: str) -> None:
-        setattr(self, attr, True)
-        self.wakeup()
-
     def wakeup(self) -> None:
         """Some end of the session finished: stop pumping client messages."""
-        self.wake.set()
         self.input_scope.cancel()
 
     async def pump_input(self, child: Child, ws: WebSocket) -> None:
@@ -340,7 +332,8 @@ class Connection:
                     break
                 writable = False
                 self.log.debug("handler stopped reading stdin; client messages are dropped")
-        self.finished("client_done")
+        self.client_done = True
+        self.wakeup()
 
     async def pump_output(self, child: Child, ws: WebSocket, scope: trio.CancelScope) -> None:
         """Handler stdout to the client; a blocked send is the backpressure."""
@@ -367,7 +360,8 @@ class Connection:
                 self.close_override = (TOO_BIG, str(e))
             except trio.BrokenResourceError:
                 pass
-            self.finished("output_done")
+            self.output_closed.set()
+            self.wakeup()
 
     async def pump_stderr(self, child: Child) -> None:
         """Handler stderr lines go to the log (ERROR), never to the client."""
@@ -388,9 +382,6 @@ class Connection:
         last = splitter.finish()
         if last:
             self.log.error("stderr: %s", last.decode("utf-8", "backslashreplace"))
-
-    def stop_for_shutdown(self) -> None:
-        self.wakeup()
 
 
 def line_message(line: bytes) -> Tuple[int, bytes]:

@@ -174,18 +174,23 @@ async def handle_front(sock: Socket, state: "ServerState") -> None:
     await handle_connection(stream, state, Front(remote, local, tls, variables, fronts.trust))  # type: ignore[call-arg]
 
 
+async def receive_raw(sock: Socket, size: int, flags: int, where: str) -> bytes:
+    """One recv on the raw socket, waiting until there is something."""
+    while True:
+        try:
+            return sock.sock.recv(size, flags)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock.sock)
+        except OSError as e:
+            raise ProxyError(f"connection failed {where}: {e}") from None
+
+
 async def read_proxy_header(sock: Socket) -> ProxyHeader:
     """Read exactly the header: it is peeked at first, so the request bytes
     behind it stay in the socket for the TLS or HTTP reader."""
     size = PEEK_SIZE
     while True:
-        try:
-            data = sock.sock.recv(size, socket.MSG_PEEK)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock.sock)
-            continue
-        except OSError as e:
-            raise ProxyError(f"connection failed before the PROXY header: {e}") from None
+        data = await receive_raw(sock, size, socket.MSG_PEEK, "before the PROXY header")
         if not data:
             raise ProxyError("connection closed before a complete PROXY header")
         header = parse_proxy_header(data)
@@ -196,13 +201,7 @@ async def read_proxy_header(sock: Socket) -> ProxyHeader:
         await trio.sleep(PEEK_WAIT)  # part of the header is here: wait for the rest
     left = header.length
     while left:
-        try:
-            got = sock.sock.recv(left)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock.sock)
-            continue
-        except OSError as e:
-            raise ProxyError(f"connection failed in the PROXY header: {e}") from None
+        got = await receive_raw(sock, left, 0, "in the PROXY header")
         if not got:
             raise ProxyError("connection closed in the PROXY header")
         left -= len(got)

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from functools import partial
 from itertools import count
 from typing import List, Optional, Set, Tuple
@@ -62,7 +61,7 @@ class ServerState:
         for scope in self._accept_scopes:
             scope.cancel()
         for conn in list(self.connections):
-            conn.stop_for_shutdown()
+            conn.wakeup()
 
     def abort(self) -> None:
         """Immediate stop: cancel every connection; each kills its handler group."""
@@ -107,11 +106,6 @@ def bind(config: Config) -> List[socket.socket]:
             sock.close()
         raise
     return sockets
-
-
-def url_of(sockname: tuple) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
 
 
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
