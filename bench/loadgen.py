@@ -13,12 +13,15 @@ import time
 from collections import Counter
 from typing import Callable, Optional, Union
 
-from picows import WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
 
 MAX_FRAME = 4 * 1024 * 1024  # room for the 1 MiB echo
 # Seconds to wait for any single connect, echo or close before calling the
 # server stalled; run.py lowers it for --quick so a broken server fails fast.
 PATIENCE = 10.0
+# picows' default close code is 0, which RFC 6455 forbids (servers answer
+# 1002); a normal close says 1000.
+NORMAL = WSCloseCode.OK
 
 
 class Stalled(Exception):
@@ -96,7 +99,7 @@ async def connect(url: str, timeout: Optional[float] = None) -> tuple[WSTranspor
 
 
 def close(transport: WSTransport) -> None:
-    transport.send_close()
+    transport.send_close(NORMAL)
     transport.disconnect()
 
 
@@ -180,7 +183,7 @@ async def _one_session(url: str) -> float:
     t, e = await connect(url)
     try:
         await round_trip(t, e, msg32(), PATIENCE)
-        t.send_close()
+        t.send_close(NORMAL)
         # Wait for the server's close reply (Echo disconnects on it), bounded.
         await asyncio.wait_for(t.wait_disconnected(), PATIENCE)
     finally:

@@ -201,7 +201,7 @@ class Connection:
         argv = (route.program,) + tuple(config.command[1:])
         started = time.monotonic()
         try:
-            child = await self.state.reaper.spawn(argv, env)
+            child = await self.state.reaper.spawn(argv, env, self.wakeup)
         except OSError as e:
             reason = f"cannot start handler: {e.strerror or e}"
             self.log.error("%s (%s)", reason, route.program)
@@ -209,7 +209,6 @@ class Connection:
                 await ws.close(INTERNAL_ERROR, reason, grace)
             self.log_disconnect(request, "not started", INTERNAL_ERROR, reason, started)
             return
-        child.on_exit = self.wakeup
         self.log.pid = str(child.pid)
         self.log.log(ACCESS, "CONNECT %s", request.target)
         code, reason = GOING_AWAY, "server stopped"  # unless the session ends on its own

@@ -115,27 +115,30 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     state.addresses = [s.getsockname()[:2] for s in listeners if s.family != socket.AF_UNIX]
     state.urls = [describe(s, config.ssl) for s in listeners]
     owned_unix = (config.unixsocket, os.lstat(config.unixsocket).st_ino) if config.unixsocket and not config.listen_fds else None
-    async with trio.open_nursery() as root:
-        await root.start(state.reaper.run)
-        if handle_signals:
-            # Started, not just scheduled: a SIGTERM right after "listening on"
-            # must already take the graceful path.
-            await root.start(watch_signals, state)
-        if config.redirport is not None:
-            await root.start(serve_redirects, state)
-        for url in state.urls:
-            logger.info("serving %s on %s", " ".join(config.command) or f"--dir {config.dir}", url)
-        task_status.started(state)
-        async with trio.open_nursery() as connections:
-            state._connections_scope = connections.cancel_scope
-            for listener in listeners:
-                connections.start_soon(accept, state, listener, connections)
-            await state.stopping.wait()
-            with trio.move_on_after(state.shutdown_deadline):
-                while state.connections:
-                    await trio.sleep(0.01)
-            connections.cancel_scope.cancel()
-        root.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as root:
+            await root.start(state.reaper.run)
+            if handle_signals:
+                # Started, not just scheduled: a SIGTERM right after "listening on"
+                # must already take the graceful path.
+                await root.start(watch_signals, state)
+            if config.redirport is not None:
+                await root.start(serve_redirects, state)
+            for url in state.urls:
+                logger.info("serving %s on %s", " ".join(config.command) or f"--dir {config.dir}", url)
+            task_status.started(state)
+            async with trio.open_nursery() as connections:
+                state._connections_scope = connections.cancel_scope
+                for listener in listeners:
+                    connections.start_soon(accept, state, listener, connections)
+                await state.stopping.wait()
+                with trio.move_on_after(state.shutdown_deadline):
+                    while state.connections:
+                        await trio.sleep(0.01)
+                connections.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+    finally:
+        state.reaper.spawner.close()
     if owned_unix:
         remove_unix(*owned_unix)
     logger.info("stopped")
