@@ -291,6 +291,26 @@ async def test_stderr_lines_are_logged_with_connection_context(tmp_path, caplog)
     assert "exit status 0" in disconnect and "close=1000" in disconnect and f"pid={pid}" in disconnect
 
 
+@trio_test(10)
+async def test_stderr_is_logged_in_pieces_and_all_of_it_before_disconnect(tmp_path, caplog):
+    # Written just before exiting: nothing may be lost or come after DISCONNECT.
+    handler = script(tmp_path, "err.py", """
+        import sys
+        sys.stderr.buffer.write(b"x" * 10000 + b"\\ncrlf line\\r\\n\\xc3\\xa9\\xff\\nlast")
+    """)
+    with caplog.at_level(logging.DEBUG, logger="wsexec"):
+        async with serving(make_config(handler)) as (state, url):
+            for _ in range(3):
+                await collect(url)
+    lines = [r.getMessage() for r in caplog.records if r.name == "wsexec.connection"]
+    for conn_id in ("#1 ", "#2 ", "#3 "):
+        mine = [m for m in lines if m.startswith(conn_id)]
+        stderr = [m.split("stderr: ", 1)[1] for m in mine if "stderr: " in m]
+        assert [len(s) for s in stderr[:3]] == [4096, 4096, 1808]
+        assert stderr[3:] == ["crlf line", "é\\xff", "last"]
+        assert "DISCONNECT" in mine[-1] and all("DISCONNECT" not in m for m in mine[:-1])
+
+
 # --- limits and policies ---------------------------------------------------------------
 
 @trio_test(15)

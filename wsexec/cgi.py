@@ -136,7 +136,7 @@ async def run(ex: "Exchange", found: Route) -> Optional[str]:
     env["CONTENT_LENGTH"] = str(ex.body_left) if ex.body_left else ""
     env["CONTENT_TYPE"] = to_env(ex.request.header("content-type") or "")
     try:
-        child = await state.reaper.spawn((found.program,), env)
+        child = await state.reaper.spawn((found.program,), env, conn.log)
     except OSError as e:
         conn.log.error("CGI %s: cannot start: %s", found.script_name, e.strerror or e)
         await ex.error(502, "bad gateway: the CGI script could not be started")
@@ -172,7 +172,6 @@ class Session:
         self.timed_out = False
         self.feed_scope = trio.CancelScope()
         self.feed_done = trio.Event()
-        self.stderr_done = trio.Event()
         self.location: Optional[str] = None
         self.tail = b""  # the end of the answer, sent once the script is gone
         self.conn.log.pid = str(child.pid)
@@ -185,7 +184,6 @@ class Session:
         deadline = trio.current_time() + config.cgitimeoutms / 1000
         self.feed_scope.deadline = deadline
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.pump_stderr)
             nursery.start_soon(self.feed)
             with trio.move_on_at(deadline) as limit:
                 await self.relay()
@@ -199,8 +197,6 @@ class Session:
                 # connection can carry the next request.
                 with trio.move_on_at(deadline):
                     await self.feed_done.wait()
-            with trio.move_on_after(config.gracems / 1000):
-                await self.stderr_done.wait()
             self.feed_scope.cancel()
             nursery.cancel_scope.cancel()
         return self.location
@@ -215,9 +211,7 @@ class Session:
                     self.conn.state.reaper.poll_one(child)
                     if child.status is None:
                         await trio.sleep(0.005)
-        child.io.close()
-        with trio.CancelScope(shield=True):
-            await child.stderr.aclose()
+        self.conn.state.reaper.release(child)
         status = describe_status(child.status) if child.status is not None else "not reaped"
         if self.problem:
             self.conn.log.error("CGI %s: %s (%s)", self.route.script_name, self.problem, status)
@@ -247,7 +241,7 @@ class Session:
         self.child.close_stdin()
         await stop(self.child, 0)
 
-    # --- the three streams ---------------------------------------------------------
+    # --- the script's streams -------------------------------------------------------
 
     async def feed(self) -> None:
         """The request body to the script's stdin; if the script stops reading,
@@ -267,10 +261,6 @@ class Session:
             if writable:
                 child.close_stdin()
         self.feed_done.set()
-
-    async def pump_stderr(self) -> None:
-        await self.conn.pump_stderr(self.child)
-        self.stderr_done.set()
 
     async def output(self, rest: bytes) -> AsyncIterator[bytes]:
         if rest:

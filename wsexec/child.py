@@ -9,15 +9,17 @@ recycled PID is never hit.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import trio
 
 from .spawn import Spawner
+from .stderr import StderrPipe, StderrReader
 from .streams import Socket
 
 
@@ -25,7 +27,7 @@ from .streams import Socket
 class Child:
     pid: int
     io: Socket  # the handler's stdin and stdout
-    stderr: trio.lowlevel.FdStream
+    stderr: StderrPipe  # read by the reaper's StderrReader
     status: Optional[int] = None  # wait status once reaped
     exited: trio.Event = field(default_factory=trio.Event)
     on_exit: Optional[Callable[[], None]] = None  # the connection's "something ended"
@@ -58,8 +60,19 @@ class Reaper:
     def __init__(self, spawner: Optional[Spawner] = None) -> None:
         self.children: Dict[int, Child] = {}
         self.spawner = spawner or Spawner()
+        self.stderr = StderrReader()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        """Reap on SIGCHLD; meanwhile log every handler's stderr."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.stderr.run)
+                await self._reap_on_signal(task_status)
+        finally:
+            self.stderr.aclose()
+            self.spawner.close()
+
+    async def _reap_on_signal(self, task_status) -> None:  # type: ignore[no-untyped-def]
         try:
             receiver = trio.open_signal_receiver(signal.SIGCHLD)
         except RuntimeError:  # not in the main thread: poll instead
@@ -74,10 +87,11 @@ class Reaper:
                 self.poll()
 
     async def spawn(
-        self, argv: Sequence[str], env: Mapping[str, str], on_exit: Optional[Callable[[], None]] = None
+        self, argv: Sequence[str], env: Mapping[str, str], log: Union[logging.Logger, logging.LoggerAdapter],
+        on_exit: Optional[Callable[[], None]] = None,
     ) -> Child:
         """Start a handler (wsexec/spawn.py); OSError if it cannot start.
-        on_exit is called when it has been reaped."""
+        Its stderr lines go to log; on_exit is called when it has been reaped."""
         ours, theirs = socket.socketpair()
         try:
             err_read, err_write = os.pipe()
@@ -94,7 +108,7 @@ class Reaper:
         finally:
             theirs.close()
             os.close(err_write)
-        child = Child(pid, Socket(ours), trio.lowlevel.FdStream(err_read), on_exit=on_exit)
+        child = Child(pid, Socket(ours), self.stderr.open(err_read, log), on_exit=on_exit)
         self.children[pid] = child
         # Its SIGCHLD may have come before it was registered here.
         self.poll_one(child)
@@ -139,6 +153,11 @@ class Reaper:
         child.exited.set()
         if child.on_exit is not None:
             child.on_exit()
+
+    def release(self, child: Child) -> None:
+        """Once the handler is done: its last stderr lines, its descriptors closed."""
+        child.io.close()
+        self.stderr.close(child.stderr)
 
     def kill_all(self) -> None:
         for child in list(self.children.values()):

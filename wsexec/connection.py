@@ -201,7 +201,7 @@ class Connection:
         argv = (route.program,) + tuple(config.command[1:])
         started = time.monotonic()
         try:
-            child = await self.state.reaper.spawn(argv, env, self.wakeup)
+            child = await self.state.reaper.spawn(argv, env, self.log, self.wakeup)
         except OSError as e:
             reason = f"cannot start handler: {e.strerror or e}"
             self.log.error("%s (%s)", reason, route.program)
@@ -225,10 +225,9 @@ class Connection:
                         if child.status is None:
                             await trio.sleep(0.005)
             ws.close_now(code, reason)  # cancelled: a close frame if it fits, no waiting
-            child.io.close()
+            self.state.reaper.release(child)
             status = describe_status(child.status) if child.status is not None else "not reaped"
             self.log_disconnect(request, status, code, reason, started)
-            await child.stderr.aclose()
 
     def log_disconnect(self, request: Request, status: str, code: int, reason: str, started: float) -> None:
         ws = self.ws
@@ -245,7 +244,6 @@ class Connection:
         grace = config.gracems / 1000
         output_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.pump_stderr, child)
             nursery.start_soon(self.pump_output, child, ws, output_scope)
             if config.pingms:
                 nursery.start_soon(self.keepalive, ws, config.pingms / 1000)
@@ -361,26 +359,6 @@ class Connection:
                 pass
             self.output_closed.set()
             self.wakeup()
-
-    async def pump_stderr(self, child: Child) -> None:
-        """Handler stderr lines go to the log (ERROR), never to the client."""
-        splitter = LineSplitter(4096)
-        while True:
-            try:
-                data = await child.stderr.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                break
-            try:
-                lines = splitter.feed(data)
-            except LineTooLong:
-                lines, splitter = [data], LineSplitter(4096)
-            for line in lines:
-                self.log.error("stderr: %s", line.decode("utf-8", "backslashreplace"))
-        last = splitter.finish()
-        if last:
-            self.log.error("stderr: %s", last.decode("utf-8", "backslashreplace"))
 
 
 def line_message(line: bytes) -> Tuple[int, bytes]:

@@ -1,0 +1,107 @@
+"""Handler stderr to the log, never to the client.
+
+Every handler's stderr pipe is read by one task through one epoll set, so a
+connection costs neither a task nor a trio stream for it. Lines are logged at
+ERROR with their connection's context; a line longer than PIECE bytes is
+logged in pieces. When a handler is done, what is left in its pipe is logged
+before the connection's DISCONNECT line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+from typing import Dict, Union
+
+import trio
+
+PIECE = 4096  # bytes of one logged line at most
+READ = 65536  # bytes read from one pipe per turn
+TURN = 32  # pipes served per turn, then other tasks run
+DRAIN_READS = 16  # reads when closing: a pipe holds 64 KiB unless enlarged
+
+
+class StderrPipe:
+    __slots__ = ("fd", "log", "partial", "eof", "registered")
+
+    def __init__(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter]) -> None:
+        self.fd = fd
+        self.log = log
+        self.partial = b""
+        self.eof = False
+        self.registered = True
+
+    def read(self) -> int:
+        """One read: bytes read, 0 when none were waiting or at the end."""
+        try:
+            data = os.read(self.fd, READ)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return 0
+        lines = (self.partial + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            self._emit(line[:-1] if line.endswith(b"\r") else line)
+        while len(rest) >= PIECE:
+            self._emit(rest[:PIECE])
+            rest = rest[PIECE:]
+        self.partial = rest
+        return len(data)
+
+    def _emit(self, line: bytes) -> None:
+        for start in range(0, max(len(line), 1), PIECE):
+            self.log.error("stderr: %s", line[start:start + PIECE].decode("utf-8", "backslashreplace"))
+
+    def finish(self) -> None:
+        if self.partial:
+            self._emit(self.partial)
+            self.partial = b""
+
+
+class StderrReader:
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._pipes: Dict[int, StderrPipe] = {}
+
+    def open(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter]) -> StderrPipe:
+        """Start reading the read end of a handler's stderr pipe (now ours)."""
+        os.set_blocking(fd, False)
+        pipe = StderrPipe(fd, log)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._pipes[fd] = pipe
+        return pipe
+
+    def close(self, pipe: StderrPipe) -> None:
+        """Log what is left (without waiting for more), then close the pipe."""
+        for _ in range(DRAIN_READS):
+            if pipe.eof or not pipe.read():
+                break
+        pipe.finish()
+        if self._pipes.pop(pipe.fd, None) is not None:
+            if pipe.registered:
+                self._epoll.unregister(pipe.fd)
+            os.close(pipe.fd)
+
+    async def run(self) -> None:
+        epoll, pipes = self._epoll, self._pipes
+        while True:
+            await trio.lowlevel.wait_readable(epoll)
+            for fd, _ in epoll.poll(0, TURN):
+                pipe = pipes.get(fd)
+                if pipe is None:
+                    continue
+                pipe.read()
+                if pipe.eof and pipe.registered:  # level-triggered: it would fire forever
+                    epoll.unregister(fd)
+                    pipe.registered = False
+                    pipe.finish()
+
+    def aclose(self) -> None:
+        for pipe in list(self._pipes.values()):
+            self.close(pipe)
+        self._epoll.close()
