@@ -382,3 +382,71 @@ def test_select_subprotocol(offered, supported, chosen):
     from wsexec.websocket import select_subprotocol
 
     assert select_subprotocol(offered, supported) == chosen
+
+
+# --- request heads: the fast path agrees with h11 -----------------------------
+
+def h11_head(head: bytes):
+    """(method, target, version, headers) as h11 parses head + CRLF CRLF, or None if it refuses."""
+    import h11
+
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head + b"\r\n\r\n")
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    return (event.method.decode("ascii"), event.target.decode("latin-1"), event.http_version.decode("ascii"),
+            tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()))
+
+
+@pytest.mark.parametrize("head, plain", [
+    (b"GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nX-Empty:\r\nX-Pad: \t v a l \t ", True),
+    (b"GET / HTTP/1.0", True),  # no Host needed in 1.0
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX-Latin: caf\xe9", True),
+    (b"GET / HTTP/1.1", False),  # no Host: h11 refuses
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", False),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n folded", False),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5", False),  # a body: h11 checks the framing
+    (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked", False),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b", False),  # h11 takes some control bytes
+    (b"GET / HTTP/1.1\r\nHost : a", False),
+    (b"GET  / HTTP/1.1\r\nHost: a", False),
+    (b"\r\nGET / HTTP/1.1\r\nHost: a", False),
+    (b"GET /\x7f HTTP/1.1\r\nHost: a", False),
+    (b"G(T / HTTP/1.1\r\nHost: a", False),
+])
+def test_plain_heads_parse_as_h11_does_and_the_rest_go_to_h11(head, plain):
+    from wsexec.request import parse_plain_head
+
+    parsed = parse_plain_head(head)
+    assert (parsed is not None) == plain
+    if plain:
+        assert parsed == h11_head(head)
+
+
+def test_fast_path_never_disagrees_with_h11_on_random_heads():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from wsexec.request import parse_plain_head
+
+    piece = st.sampled_from([b"GET", b" ", b"/", b"?a=b", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"\r\n", b"\n", b"\r",
+                             b"Host", b"host", b":", b"\t", b"x", b"\x00", b"\x01", b"\x7f", b"\xe9", b"(", b"Content-Length",
+                             b"5", b"Upgrade: websocket", b"\r\n "])
+    heads = st.builds(lambda first, rest: first + b"".join(rest),
+                      st.sampled_from([b"GET / HTTP/1.1\r\nHost: h", b"GET / HTTP/1.0", b""]),
+                      st.lists(piece, max_size=24))
+
+    @settings(max_examples=3000, deadline=None, database=None)
+    @given(heads)
+    def check(head):
+        if b"\r\n\r\n" in head:
+            return  # not one head
+        parsed = parse_plain_head(head)
+        if parsed is not None:
+            assert parsed == h11_head(head)
+
+    check()

@@ -1,7 +1,14 @@
-"""Reading one HTTP request head from a new connection (h11 does the parsing)."""
+"""Reading one HTTP request head from a new connection.
+
+A plain head (the usual WebSocket upgrade) is parsed here; anything outside
+that strict subset of HTTP/1.1 (obs-fold, bare LF, a body, odd bytes, a head
+near the size limit) goes to h11, which gives the verdict. Both give the same
+Request for every head the fast path accepts.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -64,21 +71,83 @@ class Request:
         return index
 
 
+_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# Field values the fast path takes: visible bytes with inner spaces and tabs
+# (h11 takes more, e.g. some control bytes, so those go to h11).
+_ODD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_H11_ONLY = (b"content-length", b"transfer-encoding")
+
+
+def parse_plain_head(head: bytes) -> Optional[Tuple[str, str, str, Tuple[Tuple[str, str], ...]]]:
+    """(method, target, version, headers) of a head without its final CRLF
+    CRLF, if it is plain enough for the fast path; None means "ask h11"."""
+    lines = head.split(b"\r\n")
+    first = _REQUEST_LINE.fullmatch(lines[0])
+    if first is None:
+        return None
+    headers = []
+    hosts = 0
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _FIELD_NAME.fullmatch(name) is None:
+            return None
+        value = value.strip(b" \t")
+        if _ODD_VALUE_BYTE.search(value) is not None:
+            return None
+        lower = name.lower()
+        if lower in _H11_ONLY:
+            return None
+        hosts += lower == b"host"
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    version = first.group(3).decode("ascii")
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        return None
+    return first.group(1).decode("ascii"), first.group(2).decode("latin-1"), version, tuple(headers)
+
+
+async def _receive(stream: trio.abc.Stream, max_size: int) -> bytes:
+    try:
+        data = await stream.receive_some(max_size)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise ClientGone() from None
+    if not data:
+        raise ClientGone()
+    return data
+
+
 async def read_request(
     stream: trio.abc.Stream, max_size: int, remote: Address, local: Address, tls: bool = False
 ) -> Request:
+    buffer = bytearray()
+    searched = 0  # where the next search starts: bytes before it were looked at
+    while True:
+        end = buffer.find(b"\r\n\r\n", searched)
+        if end >= 0:
+            parsed = parse_plain_head(bytes(buffer[:end])) if end + 4 <= max_size else None
+            if parsed is None:
+                break
+            method, target, version, headers = parsed
+            return Request(method=method, target=target, http_version=version, headers=headers,
+                           remote=remote, local=local, tls=tls, trailing=bytes(buffer[end + 4:]))
+        if len(buffer) > max_size or buffer.find(b"\n\n", searched) >= 0 or buffer.find(b"\n\r\n", searched) >= 0:
+            break  # too long for the fast path, or bare LF line ends
+        searched = max(0, len(buffer) - 3)
+        buffer += await _receive(stream, max_size)
+    return await _read_with_h11(stream, bytes(buffer), max_size, remote, local, tls)
+
+
+async def _read_with_h11(
+    stream: trio.abc.Stream, received_data: bytes, max_size: int, remote: Address, local: Address, tls: bool
+) -> Request:
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
-    received = 0
+    parser.receive_data(received_data)
+    received = len(received_data)
     try:
         while True:
             event = parser.next_event()
             if event is h11.NEED_DATA:
-                try:
-                    data = await stream.receive_some(max_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise ClientGone() from None
-                if not data:
-                    raise ClientGone()
+                data = await _receive(stream, max_size)
                 received += len(data)
                 parser.receive_data(data)
             elif isinstance(event, h11.Request):
