@@ -35,6 +35,7 @@ RESET_SIGNALS = (
 _SETPGROUP, _SETSIGDEF, _SETSIGMASK = 0x02, 0x04, 0x08
 # Opaque C types, sized generously (glibc: 80, 336 and 128 bytes).
 _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> int:
@@ -53,12 +54,12 @@ def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stder
     )
 
 
-def _strings(items: Sequence[bytes]) -> ctypes.Array:
-    """A NULL-terminated char* array; refuses what C would cut short, as
-    os.posix_spawn does."""
-    if any(b"\0" in item for item in items):
+def _strings(items: Sequence[str]) -> ctypes.Array:
+    """A NULL-terminated char* array, encoded as os.fsencode would; refuses
+    what C would cut short, as os.posix_spawn does."""
+    if "\0" in "".join(items):
         raise ValueError("embedded null byte")
-    return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+    return (ctypes.c_char_p * (len(items) + 1))(*[item.encode(_FS_ENCODING, _FS_ERRORS) for item in items], None)
 
 
 class _Libc:
@@ -91,6 +92,10 @@ class _Libc:
 
     def prepare(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> "_Request":
         """Everything the C call needs, built on the loop's thread."""
+        if "=" in "".join(env) or "" in env:
+            raise ValueError("illegal environment variable name")
+        args = _strings(argv)
+        envp = _strings([f"{name}={value}" for name, value in env.items()])
         actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
         libc = self.libc
         self._check(libc.posix_spawn_file_actions_init(actions))
@@ -100,16 +105,7 @@ class _Libc:
         except OSError:
             libc.posix_spawn_file_actions_destroy(actions)
             raise
-        try:
-            if any("=" in name or not name for name in env):
-                raise ValueError("illegal environment variable name")
-            path = os.fsencode(argv[0])
-            args = _strings([path] + [os.fsencode(a) for a in argv[1:]])
-            envp = _strings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
-        except BaseException:
-            libc.posix_spawn_file_actions_destroy(actions)
-            raise
-        return _Request(path, actions, args, envp)
+        return _Request(args[0], actions, args, envp)
 
     def spawn(self, request: "_Request") -> int:
         """The blocking part, run on the spawner thread; the GIL is released
