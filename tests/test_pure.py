@@ -95,6 +95,14 @@ def test_messages_before_a_violation_are_kept():
     assert reader.error.code == 1002
 
 
+@pytest.mark.parametrize("size, refused", [(4, False), (5, True), (125, True)])
+def test_a_small_whole_frame_over_the_limit_is_refused(size, refused):
+    reader = FrameReader(4)
+    events = reader.feed(masked(TEXT, b"x" * size))
+    assert (reader.error is not None and reader.error.code == 1009) == refused
+    assert events == ([] if refused else [(TEXT, b"x" * size)])
+
+
 def test_fragmented_message_size_counts_all_fragments():
     reader = FrameReader(10)
     reader.feed(masked(TEXT, b"123456", fin=False))
@@ -152,6 +160,9 @@ def test_handshake_problems(method, version, headers, status):
     ([b"\n\n"], [b"", b""], None),
     ([b"no newline"], [], b"no newline"),
     ([b"x\r\r\n"], [b"x\r"], None),  # only one "\r\n" is removed
+    ([b"\n"], [b""], None),
+    ([b"one\r\n"], [b"one"], None),
+    ([b"x" * 100 + b"\n"], [b"x" * 100], None),  # exactly the limit
 ])
 def test_line_splitter(chunks, lines, rest):
     splitter = LineSplitter(100)

@@ -291,9 +291,14 @@ class Connection:
     async def keepalive(self, ws: WebSocket, interval: float) -> None:
         """A ping every interval; a client that sends nothing back for two
         intervals (no pong, no message) is treated as gone."""
+        heard, quiet = ws.bytes_in, 0
         while ws.open:
             await trio.sleep(interval)
-            if trio.current_time() - ws.last_heard > 2 * interval:
+            if ws.bytes_in != heard:
+                heard, quiet = ws.bytes_in, 0
+            else:
+                quiet += 1
+            if quiet >= 2:
                 self.log.log(ACCESS, "no answer to pings for %.1fs: dropping the client", 2 * interval)
                 ws.gone = True
                 self.stream.close()
@@ -316,8 +321,11 @@ class Connection:
                 break
             if not writable:
                 continue
-            payloads = [payload for _, payload in batch]
-            data = b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
+            if len(batch) == 1:
+                data = batch[0][1] if binary else batch[0][1] + b"\n"
+            else:
+                payloads = [payload for _, payload in batch]
+                data = b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
             try:
                 # A handler that does not read blocks this write; meanwhile
                 # nobody reads the client, so check it has not left.
@@ -337,16 +345,20 @@ class Connection:
         with scope:
             limit = self.config.maxmessage
             splitter = None if self.config.binary else LineSplitter(limit)
+            size = min(1 << 18, limit)
             try:
                 while True:
-                    data = await child.io.receive_some(min(1 << 18, limit))
+                    data = await child.io.receive_some(size)
                     if not data:
                         break
                     if splitter is None:
-                        sent = await ws.send_messages([(BINARY, data)])
+                        sent = await ws.send_message(BINARY, data)
                     else:
                         lines = splitter.feed(data)
-                        sent = not lines or await ws.send_messages([line_message(line) for line in lines])
+                        if len(lines) == 1:
+                            sent = await ws.send_message(*line_message(lines[0]))
+                        else:
+                            sent = not lines or await ws.send_messages([line_message(line) for line in lines])
                     if not sent:
                         return  # client gone; its end of the session handles the rest
                 last = splitter.finish() if splitter else None

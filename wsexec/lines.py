@@ -21,6 +21,9 @@ class LineSplitter:
         self._partial = b""
 
     def feed(self, data: bytes) -> List[bytes]:
+        if data and not self._partial and data.find(b"\n") == len(data) - 1 and len(data) <= self.max_line:
+            # The usual case: exactly one whole line.
+            return [data[:-2] if data.endswith(b"\r\n") else data[:-1]]
         if self._partial:
             data = self._partial + data
         lines = data.split(b"\n")

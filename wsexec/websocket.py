@@ -207,6 +207,14 @@ class FrameReader:
     def feed(self, data: bytes) -> List[Tuple[int, object]]:
         """Events from the bytes so far. A protocol violation is stored in
         `error` after the events that preceded it, so none of those is lost."""
+        # The usual case first: exactly one small, whole, masked data frame.
+        if not self._buffer and not self._opcode and len(data) >= 6:
+            b0, b1 = data[0], data[1]
+            length = b1 - 0x80
+            if (b0 == 0x81 or b0 == 0x82) and 0 <= length < 126 and len(data) == 6 + length and length <= self.max_message:
+                payload = unmask(data[6:], data[2:6])
+                if b0 == 0x82 or is_utf8(payload):
+                    return [(b0 & 0x0F, payload)]
         try:
             return self._feed(data)
         except ProtocolError as e:
@@ -318,9 +326,9 @@ class WebSocket:
         self.gone = False  # the transport is unusable (EOF, reset, or a broken send)
         self._pending: Deque[Message] = deque()
         self._trailing = trailing
-        self.last_heard = trio.current_time()  # when the client last sent anything
         self._sending = False
         self._send_waiters = trio.lowlevel.ParkingLot()
+        self._parked = 0  # tasks waiting in _send_waiters
 
     @property
     def open(self) -> bool:
@@ -334,13 +342,16 @@ class WebSocket:
         a close frame carrying the matching code.
         """
         while not self._pending:
-            if not self.open:
+            if self.gone or self.close_sent or self.close_received:
                 return None
             data = self._trailing or await self._receive_bytes()
             self._trailing = b""
             if not data:
                 return None
-            for opcode, payload in self.reader.feed(data):
+            events = self.reader.feed(data)
+            if len(events) == 1 and events[0][0] <= BINARY and self.reader.error is None:
+                return events  # type: ignore[return-value]  # the usual case: one data message
+            for opcode, payload in events:
                 if opcode <= BINARY:
                     self._pending.append((opcode, payload))  # type: ignore[arg-type]
                 elif opcode == PING and not self.close_sent:
@@ -363,8 +374,13 @@ class WebSocket:
         if not data:
             self.gone = True
         self.bytes_in += len(data)
-        self.last_heard = trio.current_time()
         return data
+
+    async def send_message(self, opcode: int, payload: bytes) -> bool:
+        """One data message; False if the connection is no longer open."""
+        if self.gone or self.close_sent or self.close_received:
+            return False
+        return await self._send(encode_frame(opcode, payload))
 
     async def send_messages(self, messages: Sequence[Message]) -> bool:
         """Send data messages in one write; False if the connection is no longer open."""
@@ -411,7 +427,11 @@ class WebSocket:
         # One frame at a time on the wire: the output pump and the reader
         # (pongs, close replies) both send. Uncontended, this costs no await.
         while self._sending:
-            await self._send_waiters.park()
+            self._parked += 1
+            try:
+                await self._send_waiters.park()
+            finally:
+                self._parked -= 1
         self._sending = True
         try:
             await self.stream.send_all(data)
@@ -424,7 +444,7 @@ class WebSocket:
             raise
         finally:
             self._sending = False
-            if self._send_waiters:
+            if self._parked:
                 self._send_waiters.unpark()
         self.bytes_out += len(data)
         return True
