@@ -39,3 +39,17 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
     assert sorted(table_rows(written)) == sorted(SCENARIOS)
     for word in ("nproc", "kernel", "python", "trio", "websocketd", "wsexec"):
         assert word in written
+
+
+def test_floor_server_runs_s4_through_the_harness(tmp_path: Path) -> None:
+    """bench/floor.py (RESULTS.md finding 17) answers S4 in both spawn modes."""
+    for command in ("python3 bench/floor.py", "python3 bench/floor.py --spawner"):
+        out = tmp_path / "floor.md"
+        proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--scenarios", "S4",
+                               "--wsexec-cmd", command, "--out", str(out)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = {row[1]: row for row in table_rows(proc.stdout)["S4"]}
+        assert rows["failed sessions"][4] == "0", proc.stdout
+        assert rows["children left after"][4] == "0", proc.stdout
+        assert float(rows["connections/s"][4]) > 0, proc.stdout
