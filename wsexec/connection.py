@@ -254,7 +254,7 @@ class Connection:
             if self.client_done:
                 # Client gone first: stdin closed at once, the client released
                 # (its close was answered), then the ladder.
-                output_scope.cancel()
+                cancel(output_scope)
                 child.close_stdin()
                 if not (ws.gone or ws.close_received):  # a protocol error: wait for the reply
                     with trio.move_on_after(grace):
@@ -281,11 +281,12 @@ class Connection:
                     code, reason = NORMAL, ""
                 else:
                     code, reason = INTERNAL_ERROR, describe_status(child.status)
-            output_scope.cancel()
+            cancel(output_scope)
             if not ws.gone:
                 with trio.move_on_after(grace):
                     await ws.close(code, reason, grace)
-            nursery.cancel_scope.cancel()
+            if config.pingms:
+                nursery.cancel_scope.cancel()  # the keepalive task
         return code, reason
 
     async def keepalive(self, ws: WebSocket, interval: float) -> None:
@@ -309,7 +310,7 @@ class Connection:
 
     def wakeup(self) -> None:
         """Some end of the session finished: stop pumping client messages."""
-        self.input_scope.cancel()
+        cancel(self.input_scope)
 
     async def pump_input(self, child: Child, ws: WebSocket) -> None:
         """Client messages to the handler's stdin; a blocked write is the backpressure."""
@@ -371,6 +372,13 @@ class Connection:
                 pass
             self.output_closed.set()
             self.wakeup()
+
+
+def cancel(scope: trio.CancelScope) -> None:
+    """Cancel once: trio's cancel() formats the calling task on every call,
+    even when the scope is already cancelled."""
+    if not scope.cancel_called:
+        scope.cancel()
 
 
 def line_message(line: bytes) -> Tuple[int, bytes]:
