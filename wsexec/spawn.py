@@ -167,8 +167,11 @@ class Spawner:
                 request.result = libc.spawn(request)
             except BaseException as e:  # reported to the waiting connection
                 request.error = e
-            assert request.done is not None
-            request.done(request)
+            try:
+                assert request.done is not None
+                request.done(request)
+            except BaseException:  # the thread must outlive any one request
+                pass
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> int:
         if self._libc is None:
