@@ -113,8 +113,10 @@ def upgrade_request(path: str = "/", extra: str = "", host: str = "127.0.0.1") -
 class WsexecProcess:
     """`python -m wsexec` as a real process; reads its `listening on` line."""
 
-    def __init__(self, *args: str, cwd: Path = ROOT, env: Optional[dict] = None, timeout: float = 10) -> None:
-        argv = [PY, "-m", "wsexec", "--port", "0", "--address", "127.0.0.1", *args]
+    def __init__(self, *args: str, cwd: Path = ROOT, env: Optional[dict] = None, timeout: float = 10,
+                 prefix: Tuple[str, ...] = ()) -> None:
+        # prefix: a command that runs wsexec (strace), whose child is then wsexec
+        argv = [*prefix, PY, "-m", "wsexec", "--port", "0", "--address", "127.0.0.1", *args]
         full_env = dict(os.environ if env is None else env)
         full_env["PYTHONPATH"] = str(ROOT)
         self.proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 
@@ -13,7 +14,8 @@ import trio
 
 from wsexec.spawn import RESET_SIGNALS, Spawner
 
-from helpers import trio_test
+from helpers import WsexecProcess, descendants, trio_test
+from trio_websocket import open_websocket_url
 
 MODES = [pytest.param(True, id="thread"), pytest.param(False, id="inline")]
 
@@ -146,3 +148,46 @@ async def test_the_loop_runs_while_the_spawner_thread_starts_handlers():
     assert sorted(int(out) for _, out, _, _ in results) == list(range(40))
     assert len({pid for pid, _, _, _ in results}) == 40
     assert len(ticks) > 40
+
+
+@trio_test(40)
+async def test_a_slow_handler_start_does_not_hold_up_running_connections():
+    """strace delays every exec by one second. While a new connection's
+    handler is being started, one already running still echoes at once
+    (with a spawn on the loop's thread its echo would wait the whole second)."""
+    strace = shutil.which("strace")
+    assert strace, "strace is missing (the README's test command installs it)"
+    delay = ("-f", "-qq", "--seccomp-bpf", "-e", "trace=execve", "-e", "inject=execve:delay_enter=1000000",
+             "-o", os.devnull)
+    server = WsexecProcess("cat", prefix=(strace, *delay), timeout=20)
+    try:
+        async with open_websocket_url(server.url) as running:
+            await running.send_message("first")
+            assert await running.get_message() == "first"
+
+            async def newcomer():
+                async with open_websocket_url(server.url) as ws:
+                    await ws.send_message("late")
+                    assert await ws.get_message() == "late"
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(newcomer)
+                await trio.sleep(0.2)  # its handler's exec is being held now
+                started, worst = trio.current_time(), 0.0
+                for i in range(5):
+                    sent = trio.current_time()
+                    await running.send_message(str(i))
+                    assert await running.get_message() == str(i)
+                    worst = max(worst, trio.current_time() - sent)
+                    await trio.sleep(0.05)
+                assert trio.current_time() - started < 0.9  # all of it inside the held second
+            assert worst < 0.3
+    finally:
+        group = os.getpgid(server.proc.pid)
+        for pid in descendants(server.proc.pid):  # wsexec itself, under strace; handlers have their own groups
+            try:
+                if os.getpgid(pid) == group:
+                    os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        server.proc.wait(10)
