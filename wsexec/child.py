@@ -69,7 +69,7 @@ class Reaper:
                 nursery.start_soon(self.stderr.run)
                 await self._reap_on_signal(task_status)
         finally:
-            self.stderr.aclose()
+            self.stderr.close_all()
             self.spawner.close()
 
     async def _reap_on_signal(self, task_status) -> None:  # type: ignore[no-untyped-def]
@@ -100,15 +100,22 @@ class Reaper:
             theirs.close()
             raise
         try:
+            stderr = self.stderr.open(err_read, log)  # closes err_read if it fails
+        except OSError:
+            ours.close()
+            theirs.close()
+            os.close(err_write)
+            raise
+        try:
             pid = await self.spawner.spawn(argv, env, theirs.fileno(), err_write)
         except BaseException:
             ours.close()
-            os.close(err_read)
+            self.stderr.close(stderr)
             raise
         finally:
             theirs.close()
             os.close(err_write)
-        child = Child(pid, Socket(ours), self.stderr.open(err_read, log), on_exit=on_exit)
+        child = Child(pid, Socket(ours), stderr, on_exit=on_exit)
         self.children[pid] = child
         # Its SIGCHLD may have come before it was registered here.
         self.poll_one(child)

@@ -70,22 +70,27 @@ class StderrReader:
 
     def open(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter]) -> StderrPipe:
         """Start reading the read end of a handler's stderr pipe (now ours)."""
-        os.set_blocking(fd, False)
-        pipe = StderrPipe(fd, log)
-        self._epoll.register(fd, select.EPOLLIN)
-        self._pipes[fd] = pipe
+        try:
+            os.set_blocking(fd, False)
+            self._epoll.register(fd, select.EPOLLIN)
+        except OSError:
+            os.close(fd)
+            raise
+        pipe = self._pipes[fd] = StderrPipe(fd, log)
         return pipe
 
     def close(self, pipe: StderrPipe) -> None:
         """Log what is left (without waiting for more), then close the pipe."""
+        if self._pipes.get(pipe.fd) is not pipe:
+            return  # closed already: its fd number may belong to another pipe now
         for _ in range(DRAIN_READS):
             if pipe.eof or not pipe.read():
                 break
         pipe.finish()
-        if self._pipes.pop(pipe.fd, None) is not None:
-            if pipe.registered:
-                self._epoll.unregister(pipe.fd)
-            os.close(pipe.fd)
+        del self._pipes[pipe.fd]
+        if pipe.registered:
+            self._epoll.unregister(pipe.fd)
+        os.close(pipe.fd)
 
     async def run(self) -> None:
         epoll, pipes = self._epoll, self._pipes
@@ -101,7 +106,7 @@ class StderrReader:
                     pipe.registered = False
                     pipe.finish()
 
-    def aclose(self) -> None:
+    def close_all(self) -> None:
         for pipe in list(self._pipes.values()):
             self.close(pipe)
         self._epoll.close()
