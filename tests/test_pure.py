@@ -214,6 +214,21 @@ def test_environment_is_the_websocketd_set_plus_http_host():
 ])
 def test_header_variables(headers, expected):
     assert header_variables(headers) == expected
+    assert header_variables(headers) == expected  # again, with the header names cached
+
+
+def test_to_env_keeps_every_byte_but_cr_lf_nul():
+    from wsexec.environment import to_env
+
+    def reference(text):
+        raw = text.encode("latin-1").replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\0", b" ")
+        return raw.decode("utf-8", "surrogateescape")
+
+    for code in range(256):
+        text = f"a{chr(code)}b"
+        assert to_env(text) == reference(text), code
+    assert to_env("é".encode().decode("latin-1")) == "é"
+    assert to_env("plain value; q=1") == "plain value; q=1"
 
 
 def test_headers_cannot_override_cgi_variables():

@@ -11,10 +11,22 @@ from .request import Request
 def to_env(text: str) -> str:
     """A latin-1 decoded header or path back to its bytes, kept exact through
     os.fsencode (UTF-8 with surrogateescape); CR, LF and NUL become spaces."""
+    if text.isascii() and text.isprintable():
+        return text  # the usual case, and already what the rest would give
     raw = text.encode("latin-1", "replace")
     for bad in (b"\r", b"\n", b"\0"):
         raw = raw.replace(bad, b" ")
     return raw.decode("utf-8", "surrogateescape")
+
+
+_KEYS: Dict[str, Optional[str]] = {}
+
+
+def variable_name(header: str) -> Optional[str]:
+    """'X-Forwarded-For' -> 'HTTP_X_FORWARDED_FOR'; None for a name that is dropped."""
+    if not is_token(header) or not header.replace("-", "").isalnum() or not header.isascii() or header.lower() == "proxy":
+        return None
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
@@ -28,9 +40,13 @@ def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
     """
     out: Dict[str, str] = {}
     for name, value in headers:
-        if not is_token(name) or not name.replace("-", "").isalnum() or not name.isascii() or name.lower() == "proxy":
+        key = _KEYS.get(name, "")
+        if key == "":
+            key = variable_name(name)
+            if len(_KEYS) < 512:  # header names repeat; a client inventing new ones gets no cache
+                _KEYS[name] = key
+        if key is None:
             continue
-        key = "HTTP_" + name.upper().replace("-", "_")
         value = to_env(value.strip())
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out

@@ -65,3 +65,14 @@ class ConnectionLog(logging.LoggerAdapter):
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> Tuple[Any, MutableMapping[str, Any]]:
         return f"#{self.conn_id} {self.remote} pid={self.pid} {msg}", kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """The record Logger.log would make, without its layers (two lines per
+        connection are on the hot path); anything with keywords takes the usual way."""
+        logger = self.logger
+        if kwargs or not isinstance(logger, logging.Logger):
+            return super().log(level, msg, *args, **kwargs)
+        if logger.isEnabledFor(level):
+            text = f"#{self.conn_id} {self.remote} pid={self.pid} {msg}"
+            logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, text, args, None,
+                                            "(unknown function)"))
