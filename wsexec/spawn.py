@@ -21,7 +21,8 @@ import queue
 import signal
 import sys
 import threading
-from typing import Callable, Mapping, Optional, Sequence
+from collections import deque
+from typing import Deque, Mapping, Optional, Sequence, Tuple
 
 import trio
 
@@ -63,27 +64,34 @@ def _strings(items: Sequence[str]) -> ctypes.Array:
 
 
 class _Libc:
-    """The few <spawn.h> calls wsexec needs, and one attribute set built once."""
+    """The few <spawn.h> calls wsexec needs, and one attribute set built once.
 
-    def __init__(self, libc: ctypes.CDLL) -> None:
-        self.libc = libc
-        for name in ("posix_spawn", "posix_spawn_file_actions_init", "posix_spawn_file_actions_adddup2",
+    Only posix_spawn itself goes through `libc` (CDLL: the GIL is released
+    for the call). The quick calls go through `quick` (PyDLL: the GIL is
+    kept), so neither thread hands the GIL over for them."""
+
+    def __init__(self, path: str) -> None:
+        self.libc = ctypes.CDLL(path, use_errno=True)
+        self.quick = quick = ctypes.PyDLL(path, use_errno=True)
+        self.libc.posix_spawn.restype = ctypes.c_int
+        for name in ("posix_spawn_file_actions_init", "posix_spawn_file_actions_adddup2",
                      "posix_spawn_file_actions_destroy", "posix_spawnattr_init", "posix_spawnattr_setflags",
                      "posix_spawnattr_setpgroup", "posix_spawnattr_setsigdefault", "posix_spawnattr_setsigmask",
                      "sigemptyset", "sigaddset"):
-            getattr(libc, name).restype = ctypes.c_int
+            getattr(quick, name).restype = ctypes.c_int
+        quick.write.restype = ctypes.c_ssize_t
         self.attr = ctypes.create_string_buffer(_ATTR_SIZE)
         default = ctypes.create_string_buffer(_SIGSET_SIZE)
         empty = ctypes.create_string_buffer(_SIGSET_SIZE)
-        self._check(libc.posix_spawnattr_init(self.attr))
-        self._check(libc.sigemptyset(default))
+        self._check(quick.posix_spawnattr_init(self.attr))
+        self._check(quick.sigemptyset(default))
         for signum in RESET_SIGNALS:
-            self._check(libc.sigaddset(default, int(signum)))
-        self._check(libc.sigemptyset(empty))
-        self._check(libc.posix_spawnattr_setsigdefault(self.attr, default))
-        self._check(libc.posix_spawnattr_setsigmask(self.attr, empty))
-        self._check(libc.posix_spawnattr_setpgroup(self.attr, 0))
-        self._check(libc.posix_spawnattr_setflags(self.attr, ctypes.c_short(_SETPGROUP | _SETSIGDEF | _SETSIGMASK)))
+            self._check(quick.sigaddset(default, int(signum)))
+        self._check(quick.sigemptyset(empty))
+        self._check(quick.posix_spawnattr_setsigdefault(self.attr, default))
+        self._check(quick.posix_spawnattr_setsigmask(self.attr, empty))
+        self._check(quick.posix_spawnattr_setpgroup(self.attr, 0))
+        self._check(quick.posix_spawnattr_setflags(self.attr, ctypes.c_short(_SETPGROUP | _SETSIGDEF | _SETSIGMASK)))
 
     @staticmethod
     def _check(result: int) -> None:
@@ -97,7 +105,7 @@ class _Libc:
         args = _strings(argv)
         envp = _strings([f"{name}={value}" for name, value in env.items()])
         actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
-        libc = self.libc
+        libc = self.quick
         self._check(libc.posix_spawn_file_actions_init(actions))
         try:
             for fd, target in ((stdio, 0), (stdio, 1), (stderr, 2)):
@@ -111,23 +119,22 @@ class _Libc:
         """The blocking part, run on the spawner thread; the GIL is released
         for the whole call. Returns the pid, or raises OSError."""
         pid = ctypes.c_int(0)
-        libc = self.libc
         try:
-            result = libc.posix_spawn(ctypes.byref(pid), request.path, request.actions, self.attr,
-                                      request.argv, request.envp)
+            result = self.libc.posix_spawn(ctypes.byref(pid), request.path, request.actions, self.attr,
+                                           request.argv, request.envp)
         finally:
-            libc.posix_spawn_file_actions_destroy(request.actions)
+            self.quick.posix_spawn_file_actions_destroy(request.actions)
         if result != 0:
             raise OSError(result, os.strerror(result), request.path.decode(errors="replace"))
         return pid.value
 
 
 class _Request:
-    __slots__ = ("path", "actions", "argv", "envp", "done", "result", "error")
+    __slots__ = ("path", "actions", "argv", "envp", "task", "result", "error")
 
     def __init__(self, path: bytes, actions: ctypes.Array, argv: ctypes.Array, envp: ctypes.Array) -> None:
         self.path, self.actions, self.argv, self.envp = path, actions, argv, envp
-        self.done: Optional[Callable[["_Request"], None]] = None
+        self.task: Optional[trio.lowlevel.Task] = None  # the connection waiting for it
         self.result = 0
         self.error: Optional[BaseException] = None
 
@@ -136,29 +143,34 @@ def _load_libc() -> Optional[_Libc]:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return _Libc(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+        return _Libc(ctypes.util.find_library("c") or "libc.so.6")
     except (OSError, AttributeError):
         return None
 
 
 class Spawner:
     """Starts handlers: spawn() returns the pid once the child has called exec
-    (or raises OSError: not found, not executable, bad interpreter...)."""
+    (or raises OSError: not found, not executable, bad interpreter...).
+
+    The spawner thread hands each finished request back through a deque and
+    one byte on a pipe, which a trio system task reads to wake the waiting
+    connection. The byte is written with the GIL held (it cannot block), so
+    the thread gives the GIL up only in posix_spawn and while idle."""
 
     def __init__(self, use_thread: bool = True) -> None:
         self._libc = _load_libc() if use_thread else None
         self._queue: "queue.SimpleQueue[Optional[_Request]]" = queue.SimpleQueue()
+        self._finished: Deque[_Request] = deque()
         self._thread: Optional[threading.Thread] = None
+        self._pipe: Optional[Tuple[int, int]] = None  # (read, write): "some request finished"
 
     @property
     def threaded(self) -> bool:
         return self._libc is not None
 
-    def _run(self) -> None:
+    def _run(self, libc: _Libc, wake: int) -> None:
         # Signals are for the main thread; this one only spawns.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        libc = self._libc
-        assert libc is not None
         while True:
             request = self._queue.get()
             if request is None:
@@ -167,29 +179,38 @@ class Spawner:
                 request.result = libc.spawn(request)
             except BaseException as e:  # reported to the waiting connection
                 request.error = e
-            try:
-                assert request.done is not None
-                request.done(request)
-            except BaseException:  # the thread must outlive any one request
-                pass
+            self._finished.append(request)
+            libc.quick.write(wake, b"\0", 1)  # a full pipe is fine: the loop has a byte to wake on
+
+    async def _deliver(self, wake: int) -> None:
+        """On the loop: wake each connection whose handler has started."""
+        finished = self._finished
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(wake)
+                try:
+                    os.read(wake, 4096)
+                except BlockingIOError:
+                    pass
+                while finished:
+                    request = finished.popleft()
+                    assert request.task is not None
+                    trio.lowlevel.reschedule(request.task)
+        except trio.ClosedResourceError:
+            return  # close()
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> int:
-        if self._libc is None:
+        libc = self._libc
+        if libc is None:
             return _inline_spawn(argv, env, stdio, stderr)
-        request = self._libc.prepare(argv, env, stdio, stderr)
+        request = libc.prepare(argv, env, stdio, stderr)
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="wsexec-spawner", daemon=True)
+            self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            trio.lowlevel.spawn_system_task(self._deliver, self._pipe[0], name="wsexec-spawner-results")
+            self._thread = threading.Thread(target=self._run, args=(libc, self._pipe[1]), name="wsexec-spawner",
+                                            daemon=True)
             self._thread.start()
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def done(finished: _Request) -> None:  # on the spawner thread
-            try:
-                token.run_sync_soon(trio.lowlevel.reschedule, task)
-            except trio.RunFinishedError:
-                pass  # the server is gone; so is the child's reaper
-
-        request.done = done
+        request.task = trio.lowlevel.current_task()
         self._queue.put(request)
         # Not cancellable: the child exists once the call returns, and its
         # caller must own it (a cancellation is delivered right after).
@@ -199,8 +220,16 @@ class Spawner:
         return request.result
 
     def close(self) -> None:
-        """Let the thread finish (it has nothing queued once no task waits on it)."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(1)
-            self._thread = None
+        """Stop the thread (nothing is queued once no task waits on it). Call
+        it inside the trio run that used spawn()."""
+        if self._thread is None or self._pipe is None:
+            return
+        self._queue.put(None)
+        self._thread.join(1)
+        if self._thread.is_alive():
+            return  # stuck in an exec: its pipe stays open for it to write to
+        read, write = self._pipe
+        trio.lowlevel.notify_closing(read)
+        os.close(read)
+        os.close(write)
+        self._thread = self._pipe = None
