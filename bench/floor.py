@@ -9,7 +9,7 @@ os.posix_spawn (a vfork; with --spawner, on wsexec's spawner thread), echoes lin
 frames only, answers the client's close and reaps the child. No environment
 beyond three variables, no limits, no logging, no backpressure, no timeouts.
 What it costs per connection is the CPU any trio server must pay for S4 on
-the machine; bench/RESULTS.md (finding 17) compares wsexec with it.
+the machine; bench/RESULTS.md (finding 18) compares wsexec with it.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
 
 
 def test_floor_server_runs_s4_through_the_harness(tmp_path: Path) -> None:
-    """bench/floor.py (RESULTS.md finding 17) answers S4 in both spawn modes."""
+    """bench/floor.py (RESULTS.md finding 18) answers S4 in both spawn modes."""
     for command in ("python3 bench/floor.py", "python3 bench/floor.py --spawner"):
         out = tmp_path / "floor.md"
         proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--scenarios", "S4",
