@@ -400,3 +400,36 @@ def test_sigkill_of_wsexec_ends_children_that_read_or_write(tmp_path) -> None:  
                     pass
             for stream, _ in opened:
                 os.close(stream.socket.detach())
+
+
+# --- a handler flooding stderr -------------------------------------------------
+
+@trio_test(40)
+async def test_a_handler_flooding_stderr_does_not_stall_other_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Every stderr line is logged; a handler that writes them as fast as it
+    # can must not hold up the loop: the reader logs at most 64 KiB per turn.
+    script(tmp_path, "screamer", "echo ready\nexec yes 'a stderr flood line, long enough to be noticed' >&2\n",
+           interpreter=SH)
+    script(tmp_path, "echo", "exec cat\n", interpreter=SH)
+    with WsexecProcess("--loglevel", "error", "--dir", str(tmp_path)) as server:
+        log_tail = drain_output(server)
+        flood, rest = await raw_upgrade(server.port, "/screamer")
+        async with flood:
+            while b"ready" not in rest:
+                rest += await flood.receive_some(4096)
+            await trio.sleep(0.3)  # the flood is under way
+            echo, got = await raw_upgrade(server.port, "/echo")
+            async with echo:
+                worst = 0.0
+                for i in range(20):
+                    message = f"ping {i}".encode()
+                    sent = trio.current_time()
+                    await echo.send_all(client_frame(0x1, message))
+                    with trio.fail_after(5):
+                        while message not in got:
+                            got += await echo.receive_some(4096)
+                    got = got[got.index(message) + len(message):]
+                    worst = max(worst, trio.current_time() - sent)
+            assert worst < 0.5, worst
+            assert b"stderr: a stderr flood line" in log_tail()
+        wait_no_descendants(server.proc.pid)  # the client left: `yes` went with the ladder

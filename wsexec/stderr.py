@@ -17,9 +17,9 @@ from typing import Dict, Union
 import trio
 
 PIECE = 4096  # bytes of one logged line at most
-READ = 65536  # bytes read from one pipe per turn
-TURN = 32  # pipes served per turn, then other tasks run
-DRAIN_READS = 16  # reads when closing: a pipe holds 64 KiB unless enlarged
+READ = 16384  # bytes read from one pipe at a time
+TURN = 65536  # bytes logged per turn at most, then other tasks run (level-triggered: the rest waits)
+DRAIN_READS = 64  # reads when closing: a pipe holds 64 KiB unless enlarged
 
 
 class StderrPipe:
@@ -96,11 +96,14 @@ class StderrReader:
         epoll, pipes = self._epoll, self._pipes
         while True:
             await trio.lowlevel.wait_readable(epoll)
-            for fd, _ in epoll.poll(0, TURN):
+            budget = TURN
+            for fd, _ in epoll.poll(0):
                 pipe = pipes.get(fd)
                 if pipe is None:
                     continue
-                pipe.read()
+                if budget <= 0:
+                    break
+                budget -= pipe.read()
                 if pipe.eof and pipe.registered:  # level-triggered: it would fire forever
                     epoll.unregister(fd)
                     pipe.registered = False
