@@ -116,7 +116,8 @@ MALFORMED = st.one_of(
     st.sampled_from(["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "get", "FOO"]).map(
         lambda m: ("method", head(method=m))
     ),
-    st.sampled_from(["HTTP/1.0", "HTTP/0.9"]).map(lambda v: ("http/1.0", head(version=v))),
+    st.just(("http/1.0", head(version="HTTP/1.0"))),
+    st.sampled_from(["HTTP/0.9", "HTTP/2.0", "HTTP/3.0", "HTTP/9.1"]).map(lambda v: ("major version", head(version=v))),
     st.binary(min_size=1, max_size=3 * MAXHEADER).map(lambda b: ("garbage", b)),
     st.binary(min_size=1, max_size=200).map(lambda b: ("garbage head", b"GET / HTTP/1.1\r\n" + b + b"\r\n\r\n")),
 )
@@ -130,6 +131,7 @@ ALLOWED = {
     "bad key": {400},
     "method": {405},
     "http/1.0": {400},
+    "major version": {505},
     "garbage": {None, 400, 431},
     "garbage head": {None, 400, 431},
 }

@@ -376,6 +376,22 @@ async def test_request_head_over_maxheader_gets_431(tmp_path):
         assert answer.startswith(b"HTTP/1.1 431 ")
 
 
+@pytest.mark.parametrize("version, status", [
+    ("HTTP/2.0", b"505"), ("HTTP/0.9", b"505"), ("HTTP/3.1", b"505"), ("HTTP/1.0", b"400"), ("HTTP/1.2", b"101"),
+])
+@trio_test(10)
+async def test_only_http_1_is_served(tmp_path, version, status):
+    # RFC 9110 15.6.6: another major version gets 505; HTTP/1.2 is served as 1.1.
+    async with serving(make_config("cat", staticdir=str(tmp_path))) as (state, url):
+        port = state.addresses[0][1]
+        request = upgrade_request().replace(b"HTTP/1.1", version.encode(), 1)
+        head = await response_head(port, request)
+        assert head.startswith(b"HTTP/1.1 " + status + b" "), head
+        if status == b"505":
+            plain = await raw_http(port, f"GET / {version}\r\nHost: x\r\n\r\n".encode())
+            assert plain.startswith(b"HTTP/1.1 505 ") and b"HTTP version not supported" in plain
+
+
 @trio_test(10)
 async def test_slow_request_head_is_cut_off(tmp_path):
     async with serving(make_config("cat", handshakems=300)) as (state, url):

@@ -128,13 +128,21 @@ async def read_request(
             if parsed is None:
                 break
             method, target, version, headers = parsed
-            return Request(method=method, target=target, http_version=version, headers=headers,
-                           remote=remote, local=local, tls=tls, trailing=bytes(buffer[end + 4:]))
+            return checked(Request(method=method, target=target, http_version=version, headers=headers,
+                                   remote=remote, local=local, tls=tls, trailing=bytes(buffer[end + 4:])))
         if len(buffer) > max_size or buffer.find(b"\n\n", searched) >= 0 or buffer.find(b"\n\r\n", searched) >= 0:
             break  # too long for the fast path, or bare LF line ends
         searched = max(0, len(buffer) - 3)
         buffer += await _receive(stream, max_size)
-    return await _read_with_h11(stream, bytes(buffer), max_size, remote, local, tls)
+    return checked(await _read_with_h11(stream, bytes(buffer), max_size, remote, local, tls))
+
+
+def checked(request: Request) -> Request:
+    """RFC 9110 section 15.6.6: another major version than HTTP/1 gets 505
+    (HTTP/1.2 is served as HTTP/1.1, RFC 9112 section 2.3)."""
+    if not request.http_version.startswith("1."):
+        raise HttpError(505, f"HTTP version not supported: HTTP/{request.http_version} (this server speaks HTTP/1.1)")
+    return request
 
 
 async def _read_with_h11(
