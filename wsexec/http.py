@@ -1,8 +1,8 @@
 """Plain HTTP on the WebSocket port: routes, request bodies, keep-alive.
 
 A request that is not a WebSocket upgrade comes here when --devconsole,
---cgidir or --staticdir is given (without them wsexec answers 404 and closes,
-as before). Routes, first match wins:
+--cgidir or --staticdir is given (without them wsexec answers 404 and
+closes). Routes, first match wins:
 
     1. WebSocket upgrade        (connection.py, before this module is reached)
     2. --devconsole             every other GET or HEAD gets the console page

@@ -9,7 +9,7 @@ posix_spawn is called through ctypes, which releases the GIL, from one
 spawner thread; the loop goes on serving other connections meanwhile.
 
 Where that is not available (not Linux, no C library found) spawns run
-inline with os.posix_spawn, as before.
+inline with os.posix_spawn.
 """
 
 from __future__ import annotations
@@ -105,13 +105,13 @@ class _Libc:
         args = _strings(argv)
         envp = _strings([f"{name}={value}" for name, value in env.items()])
         actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
-        libc = self.quick
-        self._check(libc.posix_spawn_file_actions_init(actions))
+        quick = self.quick
+        self._check(quick.posix_spawn_file_actions_init(actions))
         try:
             for fd, target in ((stdio, 0), (stdio, 1), (stderr, 2)):
-                self._check(libc.posix_spawn_file_actions_adddup2(actions, fd, target))
+                self._check(quick.posix_spawn_file_actions_adddup2(actions, fd, target))
         except OSError:
-            libc.posix_spawn_file_actions_destroy(actions)
+            quick.posix_spawn_file_actions_destroy(actions)
             raise
         return _Request(args[0], actions, args, envp)
 
