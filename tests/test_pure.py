@@ -476,3 +476,23 @@ def test_fast_path_never_disagrees_with_h11_on_random_heads():
             assert parsed == h11_head(head)
 
     check()
+
+
+def test_log_formatter_matches_the_logging_module_format():
+    import logging
+    import sys
+
+    from wsexec.log import ACCESS, Formatter
+
+    def record(exc_info=None):
+        return logging.LogRecord("wsexec.connection", ACCESS, "(unknown file)", 0, "#1 %s", ("CONNECT /",), exc_info)
+
+    ours, reference = Formatter(), Formatter()
+    assert ours.format(record()) == logging.Formatter.format(reference, record())
+    assert ours.format(record()).split(" ", 1)[1] == "ACCESS wsexec.connection #1 CONNECT /"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = record(sys.exc_info())
+    text = ours.format(failed)
+    assert text.split("\n")[0].endswith("ACCESS wsexec.connection #1 CONNECT /") and "ValueError: boom" in text

@@ -31,6 +31,12 @@ class Formatter(logging.Formatter):
         self._second = -1
         self._prefix = ""
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = record.getMessage()
+        return f"{self.formatTime(record)} {record.levelname} {record.name} {record.message}"
+
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
         second = int(record.created)
         if second != self._second:
