@@ -79,6 +79,6 @@ class ConnectionLog(logging.LoggerAdapter):
         if kwargs or not isinstance(logger, logging.Logger):
             return super().log(level, msg, *args, **kwargs)
         if logger.isEnabledFor(level):
-            text = f"#{self.conn_id} {self.remote} pid={self.pid} {msg}"
+            text, _ = self.process(msg, kwargs)
             logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, text, args, None,
                                             "(unknown function)"))

@@ -328,7 +328,6 @@ class WebSocket:
         self._trailing = trailing
         self._sending = False
         self._send_waiters = trio.lowlevel.ParkingLot()
-        self._parked = 0  # tasks waiting in _send_waiters
 
     @property
     def open(self) -> bool:
@@ -342,7 +341,7 @@ class WebSocket:
         a close frame carrying the matching code.
         """
         while not self._pending:
-            if self.gone or self.close_sent or self.close_received:
+            if not self.open:
                 return None
             data = self._trailing or await self._receive_bytes()
             self._trailing = b""
@@ -378,7 +377,7 @@ class WebSocket:
 
     async def send_message(self, opcode: int, payload: bytes) -> bool:
         """One data message; False if the connection is no longer open."""
-        if self.gone or self.close_sent or self.close_received:
+        if not self.open:
             return False
         return await self._send(encode_frame(opcode, payload))
 
@@ -427,11 +426,7 @@ class WebSocket:
         # One frame at a time on the wire: the output pump and the reader
         # (pongs, close replies) both send. Uncontended, this costs no await.
         while self._sending:
-            self._parked += 1
-            try:
-                await self._send_waiters.park()
-            finally:
-                self._parked -= 1
+            await self._send_waiters.park()
         self._sending = True
         try:
             await self.stream.send_all(data)
@@ -444,7 +439,7 @@ class WebSocket:
             raise
         finally:
             self._sending = False
-            if self._parked:
+            if self._send_waiters:
                 self._send_waiters.unpark()
         self.bytes_out += len(data)
         return True
