@@ -27,7 +27,7 @@ import trio
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 exited: dict[int, trio.Event] = {}
-spawner = None  # wsexec.spawn.Spawner with --spawner
+spawner = None  # wsexec.proc.spawn.Spawner with --spawner
 
 
 async def reap() -> None:
@@ -140,7 +140,7 @@ if __name__ == "__main__":
     ap.add_argument("command")
     args = ap.parse_args()
     if args.spawner:
-        from wsexec.spawn import Spawner
+        from wsexec.proc.spawn import Spawner
 
         spawner = Spawner()
     try:

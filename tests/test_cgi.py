@@ -13,7 +13,7 @@ from helpers import (
     PY, alive, collect, descendants, make_config, raw_http, response_head, script, serving, trio_test, upgrade_request,
 )
 from http_client import Client, fetch, parse_raw
-from wsexec import cgi
+from wsexec.http import cgi
 
 DUMP_ENV = """
 import os, sys

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from helpers import PY, ROOT, make_config, read_server_frames, readline_within, script, trio_test, upgrade_request
-from wsexec.listen import activated_fds
+from wsexec.net.listen import activated_fds
 from wsexec.server import serve
 
 DUMP_ENV = """

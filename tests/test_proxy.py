@@ -1,5 +1,5 @@
 """The real client behind proxies: PROXY protocol v1/v2 and Forwarded /
-X-Forwarded-* as tables (wsexec/proxy.py), then end to end on 127.0.0.1."""
+X-Forwarded-* as tables (wsexec/net/proxy.py), then end to end on 127.0.0.1."""
 
 import socket
 import struct
@@ -9,7 +9,7 @@ import trio
 
 from helpers import make_config, read_server_frames, script, serving, trio_test, upgrade_request
 from wsexec.config import ConfigError
-from wsexec.proxy import (
+from wsexec.net.proxy import (
     UNIX, Hop, ProxyError, ProxyHeader, forwarded_hops, parse_node, parse_proxy_header, parse_trust, resolve,
     x_forwarded_hops,
 )

@@ -6,11 +6,11 @@ import struct
 import pytest
 
 from wsexec.config import parse_header, parse_size
-from wsexec.environment import build_environment, header_variables, split_host
-from wsexec.lines import LineSplitter, LineTooLong
-from wsexec.origin import origin_allowed
-from wsexec.request import Request
-from wsexec.routing import decode_path, route_command, route_dir
+from wsexec.http.environment import build_environment, header_variables, split_host
+from wsexec.proc.lines import LineSplitter, LineTooLong
+from wsexec.http.origin import origin_allowed
+from wsexec.http.request import Request
+from wsexec.http.routing import decode_path, route_command, route_dir
 from wsexec.websocket import (
     BINARY, CLOSE, PING, PONG, TEXT, FrameReader, accept_key, encode_close,
     encode_frame, handshake_problem, truncate_utf8,
@@ -218,7 +218,7 @@ def test_header_variables(headers, expected):
 
 
 def test_to_env_keeps_every_byte_but_cr_lf_nul():
-    from wsexec.environment import to_env
+    from wsexec.http.environment import to_env
 
     def reference(text):
         raw = text.encode("latin-1").replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\0", b" ")
@@ -445,7 +445,7 @@ def h11_head(head: bytes):
     (b"G(T / HTTP/1.1\r\nHost: a", False),
 ])
 def test_plain_heads_parse_as_h11_does_and_the_rest_go_to_h11(head, plain):
-    from wsexec.request import parse_plain_head
+    from wsexec.http.request import parse_plain_head
 
     parsed = parse_plain_head(head)
     assert (parsed is not None) == plain
@@ -457,7 +457,7 @@ def test_fast_path_never_disagrees_with_h11_on_random_heads():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from wsexec.request import parse_plain_head
+    from wsexec.http.request import parse_plain_head
 
     piece = st.sampled_from([b"GET", b" ", b"/", b"?a=b", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"\r\n", b"\n", b"\r",
                              b"Host", b"host", b":", b"\t", b"x", b"\x00", b"\x01", b"\x7f", b"\xe9", b"(", b"Content-Length",

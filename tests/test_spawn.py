@@ -1,4 +1,4 @@
-"""wsexec/spawn.py with real processes, both ways of starting one: the C
+"""wsexec/proc/spawn.py with real processes, both ways of starting one: the C
 library's posix_spawn on the spawner thread, and os.posix_spawn inline."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 import pytest
 import trio
 
-from wsexec.spawn import RESET_SIGNALS, Spawner
+from wsexec.proc.spawn import RESET_SIGNALS, Spawner
 
 from helpers import WsexecProcess, descendants, trio_test
 from trio_websocket import open_websocket_url

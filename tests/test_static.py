@@ -11,7 +11,7 @@ import trio
 
 from helpers import WsexecProcess, make_config, proc_status, raw_http, response_head, serving, trio_test, upgrade_request
 from http_client import Client, parse_raw
-from wsexec import static
+from wsexec.http import static
 
 SECRET = b"top secret, outside the root"
 
@@ -339,8 +339,8 @@ async def test_without_http_options_plain_requests_still_get_404_and_close(site)
 # --- --redirport -------------------------------------------------------------------------
 
 def redirect_for(target: str, host: str = None, tls_port: int = 8443) -> str:
-    from wsexec.http import redirect_location
-    from wsexec.request import Request
+    from wsexec.http.plain import redirect_location
+    from wsexec.http.request import Request
 
     headers = (("Host", host),) if host is not None else ()
     request = Request("GET", target, "1.1", headers, ("127.0.0.1", 5000), ("127.0.0.1", 80))

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from helpers import trio_test
-from wsexec.streams import Socket
+from wsexec.net.streams import Socket
 
 
 def tcp_pair():

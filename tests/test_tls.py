@@ -14,7 +14,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from certs import make_certs
 from helpers import PY, ROOT, make_config, raw_http, readline_within, script, serving, trio_test, upgrade_request
 from wsexec.config import ConfigError
-from wsexec.tls import client_variables, rfc4514
+from wsexec.net.tls import client_variables, rfc4514
 
 DUMP_ENV = """
 import os

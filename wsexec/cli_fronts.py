@@ -1,5 +1,5 @@
 """The command-line options for TLS, unix sockets, proxies, socket activation
-and inetd (wsexec/front.py, listen.py), kept apart from cli.py's core list."""
+and inetd (wsexec/net/front.py, listen.py), kept apart from cli.py's core list."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict
 
 import click
 
-from .listen import activated_fds, forget_activation
+from .net.listen import activated_fds, forget_activation
 
 
 class OctalMode(click.ParamType):

@@ -50,7 +50,7 @@ class Config:
     gracems: int = 2_000
     # The --passenv variables as wsexec's own environment had them at start-up.
     passed_env: Mapping[str, str] = field(default_factory=dict)
-    # Plain HTTP on the same port (wsexec/http.py): absolute paths once validated.
+    # Plain HTTP on the same port (wsexec/http/plain.py): absolute paths once validated.
     staticdir: Optional[str] = None
     cgidir: Optional[str] = None
     devconsole: bool = False
@@ -58,7 +58,7 @@ class Config:
     cgitimeoutms: int = 60_000
     pingms: int = 0  # 0: no keepalive pings
     subprotocols: Tuple[str, ...] = ()  # offered WebSocket subprotocols wsexec may accept
-    # Listeners and what comes before HTTP (wsexec/listen.py, front.py, tls.py, proxy.py).
+    # Listeners and what comes before HTTP (wsexec/net/listen.py, front.py, tls.py, proxy.py).
     ssl: bool = False
     sslcert: Optional[str] = None
     sslkey: Optional[str] = None
@@ -145,7 +145,7 @@ def validate(config: Config) -> Config:
     if config.port > 65535:
         raise ConfigError("--port must be at most 65535", EXIT_USAGE)
     config = validate_http(config)
-    from .front import validate_fronts  # front imports this module
+    from .net.front import validate_fronts  # front imports this module
 
     config = validate_fronts(config)
     if config.dir:

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import trio
 
-from . import http, response
-from .child import Child, describe_status, stop
-from .environment import build_environment
-from .lines import LineSplitter, LineTooLong
+from .http import plain
+
+from .http import response
+from .proc.children import Child, describe_status, stop
+from .http.environment import build_environment
+from .proc.lines import LineSplitter, LineTooLong
 from .log import ACCESS, ConnectionLog
-from .origin import origin_allowed
-from .request import ClientGone, HttpError, Request, read_request
-from .routing import Route, route_command, route_dir
-from .streams import Socket
+from .http.origin import origin_allowed
+from .http.request import ClientGone, HttpError, Request, read_request
+from .http.routing import Route, route_command, route_dir
+from .net.streams import Socket
 from .websocket import (
     BINARY,
     GOING_AWAY,
@@ -39,7 +41,7 @@ from .websocket import (
 )
 
 if TYPE_CHECKING:
-    from .front import Front
+    from .net.front import Front
     from .server import ServerState
 
 logger = logging.getLogger("wsexec.connection")
@@ -54,7 +56,7 @@ def address_of(sockname: object) -> Tuple[str, int]:
 async def handle_connection(stream: Socket, state: "ServerState", front: Optional["Front"] = None) -> None:
     """The one catch-all: an unexpected error ends this connection (1011 or
     HTTP 500) with a traceback in the log, and never the server. `front` comes
-    from wsexec/front.py (TLS, PROXY header, trusted proxies), else None."""
+    from wsexec/net/front.py (TLS, PROXY header, trusted proxies), else None."""
     conn = Connection(stream, state, front)
     try:
         await conn.run()
@@ -109,9 +111,9 @@ class Connection:
             return
         except HttpError as e:
             return await self.refuse(e.status, e.message, e.headers)
-        if not is_upgrade(request.header) and http.enabled(config):
-            # Plain HTTP (wsexec/http.py), kept alive until it ends or upgrades.
-            next_request = await http.serve_plain(self, request)
+        if not is_upgrade(request.header) and plain.enabled(config):
+            # Plain HTTP (wsexec/http/plain.py), kept alive until it ends or upgrades.
+            next_request = await plain.serve_plain(self, request)
             if next_request is None:
                 return
             request = next_request

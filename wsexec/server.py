@@ -15,15 +15,15 @@ from typing import List, Optional, Set, Tuple
 import trio
 
 from . import __version__
-from .child import Reaper
+from .proc.children import Reaper
 from .config import EXIT_CANNOT_LISTEN, Config
 from .connection import Connection
-from .front import handler_for
-from .http import serve_redirects
-from .listen import describe, open_listeners, remove_unix
+from .net.front import handler_for
+from .http.plain import serve_redirects
+from .net.listen import describe, open_listeners, remove_unix
 from .log import setup
-from .response import render
-from .streams import Socket, next_connection
+from .http.response import render
+from .net.streams import Socket, next_connection
 
 logger = logging.getLogger("wsexec.server")
 
@@ -43,7 +43,7 @@ class ServerState:
         self.software = f"wsexec/{__version__}"
         self.addresses: List[Tuple[str, int]] = []
         self.redirect_addresses: List[Tuple[str, int]] = []  # --redirport listeners
-        self.urls: List[str] = []  # every listener, unix sockets too (wsexec/listen.py)
+        self.urls: List[str] = []  # every listener, unix sockets too (wsexec/net/listen.py)
         self._ids = count(1)
         self._accept_scopes: List[trio.CancelScope] = []  # one per listener: a scope is entered once
         self._connections_scope: Optional[trio.CancelScope] = None
@@ -254,7 +254,7 @@ def run(config: Config) -> int:
     tune_gc()
     keep_inherited_fds_from_handlers()
     if config.inetd:
-        from .listen import run_inetd
+        from .net.listen import run_inetd
 
         return run_inetd(config)
     ensure_standard_fds()

@@ -1,7 +1,7 @@
 """TLS: the server context (--ssl, --sslcert, --sslkey, --sslca) and a TLS
 stream with the interface of streams.Socket, over memory BIOs.
 
-The handshake is done by the connection's own task (wsexec/front.py) under
+The handshake is done by the connection's own task (wsexec/net/front.py) under
 --handshakems, so a slow or broken client only ever costs its own task.
 The client certificate of a mutual-TLS connection reaches the handler as
 the variables Apache mod_ssl sets (SSL_CLIENT_S_DN, SSL_CLIENT_VERIFY, ...).

@@ -11,7 +11,7 @@ import socket
 import stat
 from typing import Callable, List, Mapping, Optional, Tuple
 
-from .config import EXIT_CANNOT_LISTEN, Config, ConfigError
+from ..config import EXIT_CANNOT_LISTEN, Config, ConfigError
 
 logger = logging.getLogger("wsexec.listen")
 
@@ -176,7 +176,7 @@ def run_inetd(config: Config) -> int:
     import trio
 
     from .front import handler_for
-    from .server import ServerState, watch_signals
+    from ..server import ServerState, watch_signals
     from .streams import Socket
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Tuple
 
-from .config import is_token
+from ..config import is_token
 from .request import Request
 
 

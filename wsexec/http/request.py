@@ -42,7 +42,7 @@ class Request:
     local: Address
     tls: bool = False
     trailing: bytes = b""  # bytes after the head (the first WebSocket frames)
-    forwarded_host: Optional[str] = None  # Host the client sent to a trusted proxy (wsexec/front.py)
+    forwarded_host: Optional[str] = None  # Host the client sent to a trusted proxy (wsexec/net/front.py)
 
     @property
     def path(self) -> str:
@@ -162,7 +162,7 @@ async def _read_with_h11(
                 break
             else:
                 raise ClientGone()
-        # Everything after the head, a request body included (wsexec/http.py reads it).
+        # Everything after the head, a request body included (wsexec/http/plain.py reads it).
         trailing = parser.trailing_data[0]
         # h11 bounds only an *incomplete* head: one that arrives whole in the
         # last read can be up to twice max_size, so check the size it had.

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, AsyncIterator, List, Optional, Tuple
 
 import trio
 
-from .child import Child, describe_status, stop
-from .config import is_token
+from ..proc.children import Child, describe_status, stop
+from ..config import is_token
 from .environment import to_env
 from .request import ClientGone
 from .routing import Route, route_dir
 
 if TYPE_CHECKING:
-    from .http import Exchange
+    from .plain import Exchange
 
 Header = Tuple[str, str]
 

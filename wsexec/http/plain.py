@@ -30,16 +30,20 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterable, Optional, Tuple
 
 import trio
 
-from . import cgi, devconsole, static
+from . import cgi
+
+from . import devconsole
+
+from . import static
 from .environment import split_host
-from .log import ACCESS
+from ..log import ACCESS
 from .request import ClientGone, HttpError, Request, read_request
-from .streams import Socket, next_connection
-from .websocket import is_upgrade
+from ..net.streams import Socket, next_connection
+from ..websocket import is_upgrade
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .server import ServerState
+    from ..connection import Connection
+    from ..server import ServerState
 
 logger = logging.getLogger("wsexec.http")
 
@@ -193,7 +197,7 @@ async def serve_plain(conn: "Connection", request: Request) -> Optional[Request]
         try:
             with trio.fail_after(config.handshakems / 1000):
                 request = await read_request(reader, config.maxheader, conn.remote, conn.local)
-            if conn.front is not None:  # TLS, PROXY header, trusted proxies (wsexec/front.py)
+            if conn.front is not None:  # TLS, PROXY header, trusted proxies (wsexec/net/front.py)
                 request = conn.front.apply(request)
         except (trio.TooSlowError, ClientGone):
             return None  # an idle keep-alive connection just ends
@@ -312,7 +316,7 @@ def redirect_location(request: Request, tls_port: int, fallback_host: str) -> st
 
 async def serve_redirects(state: "ServerState", *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """The --redirport listener: every request gets 301 to the https:// URL."""
-    from .server import bind  # server imports connection, which imports this module
+    from ..server import bind  # server imports connection, which imports this module
 
     config = state.config
     listeners = bind(replace(config, port=config.redirport))

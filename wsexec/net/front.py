@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import trio
 
-from . import response
-from .config import EXIT_BAD_COMBINATION, EXIT_BAD_COMMAND, EXIT_USAGE, Config, ConfigError
-from .log import ACCESS
+from ..http import response
+from ..config import EXIT_BAD_COMBINATION, EXIT_BAD_COMMAND, EXIT_USAGE, Config, ConfigError
+from ..log import ACCESS
 from .proxy import UNIX, ProxyError, ProxyHeader, Trust, parse_proxy_header, parse_trust, resolve
-from .request import Request
+from ..http.request import Request
 from .streams import Socket
 from .tls import NotTls, TlsStream, make_context
 
 if TYPE_CHECKING:
-    from .server import ServerState
+    from ..server import ServerState
 
 logger = logging.getLogger("wsexec.front")
 
@@ -81,7 +81,7 @@ def fronts_of(state: "ServerState") -> Fronts:
 
 def handler_for(state: "ServerState", listener: socket.socket):  # type: ignore[no-untyped-def]
     """The coroutine function a listener's connections are handed to."""
-    from .connection import handle_connection
+    from ..connection import handle_connection
 
     if fronts_of(state).active or listener.family == socket.AF_UNIX:
         return handle_front
@@ -128,7 +128,7 @@ def local_of(name: object) -> Address:
 
 async def handle_front(sock: Socket, state: "ServerState") -> None:
     """PROXY header, then TLS, each within --handshakems; then the connection."""
-    from .connection import handle_connection
+    from ..connection import handle_connection
 
     config, fronts = state.config, fronts_of(state)
     try:

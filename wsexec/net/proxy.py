@@ -1,6 +1,6 @@
 """The real client behind a proxy: the PROXY protocol header and the
 Forwarded / X-Forwarded-* request headers. Pure functions over bytes and
-strings, no I/O (wsexec/front.py does the reading).
+strings, no I/O (wsexec/net/front.py does the reading).
 
 Trust follows nginx's realip model: start from the address the connection
 came from (the PROXY header's source if there is one, else the TCP peer).

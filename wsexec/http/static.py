@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Optional, Tuple, Union
 import trio
 
 from .routing import decode_path
-from .streams import Socket
+from ..net.streams import Socket
 
 if TYPE_CHECKING:
-    from .http import Exchange
+    from .plain import Exchange
 
 INDEX = "index.html"
 CHUNK = 1 << 18  # bytes per sendfile call, between checks for other tasks
@@ -218,7 +218,7 @@ async def serve(ex: "Exchange", found: Found) -> None:
 async def send_file(ex: "Exchange", fd: int, offset: int, length: int) -> None:
     """sendfile(2) on the non-blocking socket: the kernel copies, wsexec holds
     no file data, and a full socket buffer is the backpressure."""
-    if not isinstance(ex.conn.stream, Socket):  # TLS (wsexec/tls.py): the bytes must be encrypted
+    if not isinstance(ex.conn.stream, Socket):  # TLS (wsexec/net/tls.py): the bytes must be encrypted
         return await copy_file(ex, fd, offset, length)
     sock = ex.conn.stream.sock
     end = offset + length

@@ -20,7 +20,7 @@ import trio
 
 from .spawn import Spawner
 from .stderr import StderrPipe, StderrReader
-from .streams import Socket
+from ..net.streams import Socket
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Reaper:
         self, argv: Sequence[str], env: Mapping[str, str], log: Union[logging.Logger, logging.LoggerAdapter],
         on_exit: Optional[Callable[[], None]] = None,
     ) -> Child:
-        """Start a handler (wsexec/spawn.py); OSError if it cannot start.
+        """Start a handler (wsexec/proc/spawn.py); OSError if it cannot start.
         Its stderr lines go to log; on_exit is called when it has been reaped."""
         ours, theirs = socket.socketpair()
         try:

@@ -1,0 +1,1 @@
+"""Listeners and what comes before HTTP: sockets, TLS, the PROXY header, trusted proxies."""

@@ -1,0 +1,1 @@
+"""Handler processes: spawning, reaping, stderr, stdout framing."""
