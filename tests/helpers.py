@@ -18,8 +18,8 @@ from typing import AsyncIterator, List, Optional, Tuple
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from wsexec.config import Config, validate
-from wsexec.server import ServerState, serve
+from wsexec.config import Config, load
+from wsexec.server import Server, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -55,11 +55,11 @@ def make_config(*command: str, **options) -> Config:
     options.setdefault("addresses", ("127.0.0.1",))
     options.setdefault("passed_env", {k: os.environ[k] for k in ("PATH", "LD_LIBRARY_PATH") if k in os.environ})
     options.setdefault("gracems", 1000)
-    return validate(Config(command=tuple(str(c) for c in command), **options))
+    return load(Config(command=tuple(str(c) for c in command), **options))
 
 
 @asynccontextmanager
-async def serving(config: Config) -> AsyncIterator[Tuple[ServerState, str]]:
+async def serving(config: Config) -> AsyncIterator[Tuple[Server, str]]:
     """An in-process server on 127.0.0.1 with a free port; yields (state, ws://host:port)."""
     async with trio.open_nursery() as nursery:
         state = await nursery.start(functools.partial(serve, config, handle_signals=False))

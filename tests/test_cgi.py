@@ -51,9 +51,9 @@ def port_of(state) -> int:
 async def no_forks(state, timeout: float = 3) -> bool:
     """The answer can reach the client just before its script is reaped."""
     with trio.move_on_after(timeout):
-        while state.forks:
+        while state.handlers.slots.taken:
             await trio.sleep(0.01)
-    return state.forks == 0
+    return state.handlers.slots.taken == 0
 
 
 # --- pure: the script's header ----------------------------------------------------------
@@ -306,13 +306,13 @@ async def test_maxforks_is_shared_with_websocket_handlers(tmp_path):
         async with open_websocket_url(url + "/") as ws:
             await ws.send_message("hi")
             assert await ws.get_message() == "hi"
-            assert state.forks == 1
+            assert state.handlers.slots.taken == 1
             reply = await fetch(port, "GET", "/ok.py")
             assert reply.status == 429 and reply.header("retry-after") == "1"
         assert await no_forks(state)
         assert (await fetch(port, "GET", "/ok.py")).body == b"fine\n"
         # the answer is complete only once its script is reaped and its slot free
-        assert state.forks == 0
+        assert state.handlers.slots.taken == 0
         # and the other way round: a running CGI script holds the only slot
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch, port, "GET", "/wait.py")

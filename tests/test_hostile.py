@@ -236,7 +236,7 @@ async def run_slowloris(tmp_path: Path, n: int) -> None:
         assert all(status == 408 for _, status in results), results[:5]
         # cut off at --handshakems (1.5 s), not before, and not much after
         assert 1.4 <= durations[0] and durations[-1] < 3.5, (durations[0], durations[-1])
-        await wait_until(lambda: state.forks == 0)
+        await wait_until(lambda: state.handlers.slots.taken == 0)
 
 
 @trio_test(30)
@@ -301,7 +301,7 @@ async def frames_close_code(tmp_path: Path, frames: List[bytes], echo_bytes: int
                     await stream.send_all(client_frame(0x8, b"\x03\xe8"))
                 received, code = await read_server_frames(stream, rest)
             await wait_gone(pid)
-            await wait_until(lambda: state.forks == 0)
+            await wait_until(lambda: state.handlers.slots.taken == 0)
     return received, code
 
 
@@ -517,7 +517,7 @@ async def test_path_traversal_never_escapes_dir(script_root) -> None:  # type: i
         # the control: the same harness reaches a script inside the root
         ok = await raw_http(port, upgrade_request("/ok.sh"))
         assert ok.startswith(b"HTTP/1.1 101 ") and b"ok" in ok, ok
-        assert state.forks == 0
+        assert state.handlers.slots.taken == 0
     assert not marker.exists()
 
 

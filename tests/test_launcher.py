@@ -64,8 +64,9 @@ async def test_environment_reaches_the_handler(tmp_path):
     for key, value in expected.items():
         assert env.get(key) == value, key
     assert env["REMOTE_PORT"].isdigit() and env["UNIQUE_ID"]
+    assert env["WSEXEC_CONNECTION_ID"].isalnum() and env["WSEXEC_CONNECTION_ID"].isascii()
     assert env["HTTP_UPGRADE"] == "websocket" and "HTTP_SEC_WEBSOCKET_KEY" in env
-    allowed = set(expected) | {"REMOTE_PORT", "UNIQUE_ID", "PATH", "LD_LIBRARY_PATH", "LC_CTYPE"}
+    allowed = set(expected) | {"REMOTE_PORT", "UNIQUE_ID", "WSEXEC_CONNECTION_ID", "PATH", "LD_LIBRARY_PATH", "LC_CTYPE"}
     assert {k for k in env if not k.startswith("HTTP_")} <= allowed
 
 
@@ -108,7 +109,7 @@ async def test_dir_routes_to_scripts_with_path_info(tmp_path):
                      "/link.sh", "/sub%2fenv.py", "/sub/env.py%00"]:
             answer = await raw_http(port, upgrade_request(path))
             assert answer.split(b"\r\n")[0] in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request"), path
-        assert state.forks == 0
+        assert state.handlers.slots.taken == 0
     assert not marker.exists()
 
 
@@ -229,7 +230,7 @@ async def test_client_gone_stops_a_child_that_ignores_sigint_and_sigterm(tmp_pat
         # SIGKILL comes at closems + 500 ms.
         assert 0.5 <= trio.current_time() - start < 2.5
         await trio.sleep(0.1)
-        assert state.forks == 0
+        assert state.handlers.slots.taken == 0
 
 
 @trio_test(10)
@@ -303,7 +304,9 @@ async def test_stderr_is_logged_in_pieces_and_all_of_it_before_disconnect(tmp_pa
             for _ in range(3):
                 await collect(url)
     lines = [r.getMessage() for r in caplog.records if r.name == "wsexec.connection"]
-    for conn_id in ("#1 ", "#2 ", "#3 "):
+    ids = list(dict.fromkeys(m.split(" ", 1)[0] + " " for m in lines))
+    assert len(ids) == 3
+    for conn_id in ids:
         mine = [m for m in lines if m.startswith(conn_id)]
         stderr = [m.split("stderr: ", 1)[1] for m in mine if "stderr: " in m]
         assert [len(s) for s in stderr[:3]] == [4096, 4096, 1808]
@@ -323,7 +326,7 @@ async def test_maxforks_answers_429_when_full(tmp_path):
             answer = await raw_http(port, upgrade_request())
             assert answer.startswith(b"HTTP/1.1 429 ")
         with trio.fail_after(3):
-            while state.forks:
+            while state.handlers.slots.taken:
                 await trio.sleep(0.02)
         async with open_websocket_url(url) as ws:
             await ws.send_message("again")
@@ -350,7 +353,7 @@ def test_origin_policy(options, origin, allowed):
             else:
                 answer = await raw_http(port, request)
                 assert answer.startswith(b"HTTP/1.1 403 ") and b"origin not allowed" in answer
-                assert state.forks == 0
+                assert state.handlers.slots.taken == 0
 
     run()
 
@@ -463,7 +466,7 @@ async def test_hundred_concurrent_clients(tmp_path):
             for i in range(100):
                 nursery.start_soon(client, url, i)
         with trio.fail_after(5):
-            while state.forks:
+            while state.handlers.slots.taken:
                 await trio.sleep(0.02)
     assert sorted(results) == list(range(100))
     assert open_fds() <= before + 2

@@ -6,7 +6,8 @@ import struct
 import pytest
 
 from wsexec.config import parse_header, parse_size
-from wsexec.http.environment import build_environment, header_variables, split_host
+from wsexec.http.environment import build_environment, header_variables
+from wsexec.http.syntax import split_host
 from wsexec.proc.lines import LineSplitter, LineTooLong
 from wsexec.http.origin import origin_allowed
 from wsexec.http.request import Request
@@ -488,7 +489,8 @@ def test_log_formatter_matches_the_logging_module_format():
         return logging.LogRecord("wsexec.connection", ACCESS, "(unknown file)", 0, "#1 %s", ("CONNECT /",), exc_info)
 
     ours, reference = Formatter(), Formatter()
-    assert ours.format(record()) == logging.Formatter.format(reference, record())
+    plain = record()
+    assert ours.format(plain) == logging.Formatter.format(reference, plain)
     assert ours.format(record()).split(" ", 1)[1] == "ACCESS wsexec.connection #1 CONNECT /"
     try:
         raise ValueError("boom")

@@ -119,7 +119,7 @@ async def test_files_types_lengths_and_index(site):
                 reply = await client.request("GET", path)
                 assert reply.status == 404 and reply.body == b"not found\n", path
             assert b"a.txt" not in (await client.request("GET", "/empty/")).body  # no listing
-        assert state.forks == 0
+        assert state.handlers.slots.taken == 0
 
 
 @trio_test(15)
@@ -339,7 +339,7 @@ async def test_without_http_options_plain_requests_still_get_404_and_close(site)
 # --- --redirport -------------------------------------------------------------------------
 
 def redirect_for(target: str, host: str = None, tls_port: int = 8443) -> str:
-    from wsexec.http.plain import redirect_location
+    from wsexec.http.redirect import redirect_location
     from wsexec.http.request import Request
 
     headers = (("Host", host),) if host is not None else ()

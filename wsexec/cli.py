@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .cli_fronts import front_options, front_settings
-from .config import LOG_LEVELS, Config, ConfigError, parse_header, parse_size, validate
+from .config import LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
 
 
 class Size(click.ParamType):
@@ -136,7 +136,7 @@ def command(
         redirport=redirport,
     )
     try:
-        config = validate(config)
+        config = load(config)
     except ConfigError as e:
         click.echo(f"wsexec: {e}", err=True)
         sys.exit(e.exit_code)

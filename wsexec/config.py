@@ -8,6 +8,10 @@ import shutil
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
 
+from .http.syntax import is_token
+from .net.proxy import parse_trust
+from .net.tls import make_context
+
 # Exit codes, as websocketd documents them.
 EXIT_BAD_COMMAND = 1
 EXIT_USAGE = 2
@@ -70,6 +74,16 @@ class Config:
     inetd: bool = False  # serve the one connection on stdin/stdout
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
 
+    @property
+    def has_handler(self) -> bool:
+        """Whether WebSocket upgrades run anything (else the site alone is served)."""
+        return bool(self.command or self.dir)
+
+    @property
+    def serves_plain(self) -> bool:
+        """Whether plain HTTP requests are answered (else 404 and close)."""
+        return bool(self.devconsole or self.cgidir or self.staticdir)
+
 
 def parse_header(text: str) -> Header:
     """'Name: value' -> ('Name', 'value'); rejects names that are not tokens."""
@@ -82,12 +96,6 @@ def parse_header(text: str) -> Header:
     return name, value
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-def is_token(name: str) -> bool:
-    """RFC 9110 section 5.6.2: token = 1*tchar."""
-    return _TOKEN.fullmatch(name) is not None
 
 
 def parse_size(text: str) -> int:
@@ -118,11 +126,15 @@ def resolve_command(program: str, search_path: Optional[str]) -> str:
 
 
 def validate(config: Config) -> Config:
-    """Check the combination of options; return the config with paths resolved."""
+    """Check the combination of options, without touching any file; raises
+    ConfigError. load() then does the checks that need the file system."""
+    has_handler = bool(config.dir or config.command)
     if config.dir and config.command:
         raise ConfigError("give either --dir or a COMMAND, not both", EXIT_BAD_COMBINATION)
-    if not config.dir and not config.command:
-        raise ConfigError("missing COMMAND (or --dir)", EXIT_USAGE)
+    if not has_handler and not (config.staticdir or config.cgidir):
+        raise ConfigError("missing COMMAND (or --dir, or a site to serve with --staticdir or --cgidir)", EXIT_USAGE)
+    if config.devconsole and not has_handler:
+        raise ConfigError("--devconsole tries a WebSocket handler: give COMMAND or --dir", EXIT_BAD_COMBINATION)
     if config.origins and config.sameorigin:
         raise ConfigError("give either --origin or --sameorigin, not both", EXIT_BAD_COMBINATION)
     for name in config.subprotocols:
@@ -139,36 +151,54 @@ def validate(config: Config) -> Config:
         ("--handshakems", config.handshakems, 1),
         ("--gracems", config.gracems, 0),
         ("--pingms", config.pingms, 0),
+        ("--cgitimeoutms", config.cgitimeoutms, 1),
     ):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
     if config.port > 65535:
         raise ConfigError("--port must be at most 65535", EXIT_USAGE)
-    config = validate_http(config)
-    from .net.front import validate_fronts  # front imports this module
-
-    config = validate_fronts(config)
-    if config.dir:
-        root = os.path.realpath(config.dir)
-        if not os.path.isdir(root):
-            raise ConfigError(f"--dir is not a directory: {config.dir}", EXIT_BAD_COMMAND)
-        return replace(config, dir=root)
-    program = resolve_command(config.command[0], config.passed_env.get("PATH"))
-    return replace(config, command=(program,) + tuple(config.command[1:]))
-
-
-def validate_http(config: Config) -> Config:
-    """The plain-HTTP options: directories resolved to real paths, limits checked."""
-    if config.cgitimeoutms < 1:
-        raise ConfigError("--cgitimeoutms must be at least 1", EXIT_USAGE)
     if config.redirport is not None and not 0 <= config.redirport <= 65535:
         raise ConfigError("--redirport must be between 0 and 65535", EXIT_USAGE)
+    validate_fronts(config)
+    return config
+
+
+def validate_fronts(config: Config) -> None:
+    """--ssl and its files, --unixsocket, --trusted-proxy, --inetd."""
+    if config.ssl and not (config.sslcert and config.sslkey):
+        raise ConfigError("--ssl needs --sslcert and --sslkey", EXIT_BAD_COMBINATION)
+    if not config.ssl and (config.sslcert or config.sslkey or config.sslca):
+        raise ConfigError("--sslcert, --sslkey and --sslca need --ssl", EXIT_BAD_COMBINATION)
+    if not 0 <= config.unixsocket_mode <= 0o777:
+        raise ConfigError("--unixsocket-mode must be an octal mode such as 660", EXIT_USAGE)
+    try:
+        parse_trust(config.trusted_proxies)
+    except ValueError as e:
+        raise ConfigError(str(e), EXIT_USAGE) from None
+    if config.inetd and (config.unixsocket or config.addresses or config.redirport is not None):
+        raise ConfigError("--inetd serves stdin: it takes no --address, --unixsocket or --redirport",
+                          EXIT_BAD_COMBINATION)
+
+
+def load(config: Config) -> Config:
+    """validate(), then what needs the file system: the handler found and
+    executable, the directories resolved to real paths, the TLS files loaded.
+    Returns the config with every path absolute."""
+    config = validate(config)
+    if config.ssl:
+        try:
+            make_context(config.sslcert, config.sslkey, config.sslca)  # type: ignore[arg-type]
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(f"cannot load the TLS certificate, key or CA: {e}", EXIT_BAD_COMMAND) from None
     resolved = {}
-    for name in ("staticdir", "cgidir"):
+    for name in ("dir", "staticdir", "cgidir"):
         path = getattr(config, name)
         if path is not None:
             root = os.path.realpath(path)
             if not os.path.isdir(root):
                 raise ConfigError(f"--{name} is not a directory: {path}", EXIT_BAD_COMMAND)
             resolved[name] = root
+    if config.command:
+        program = resolve_command(config.command[0], config.passed_env.get("PATH"))
+        resolved["command"] = (program,) + tuple(config.command[1:])
     return replace(config, **resolved)

@@ -1,4 +1,10 @@
-"""Listen, accept, and stop: the server around the connections."""
+"""Listen, accept, and stop: the server around the connections.
+
+Each accepted socket gets one task (`handle`): the front (PROXY header,
+TLS) when the listener needs one, then the connection (wsexec/connection.py).
+That task is the one catch-all: an unexpected error ends that connection
+with a traceback in the log, never the server.
+"""
 
 from __future__ import annotations
 
@@ -9,64 +15,63 @@ import os
 import signal
 import socket
 from functools import partial
-from itertools import count
-from typing import List, Optional, Set, Tuple
+from typing import List, Optional, Tuple
 
 import trio
 
 from . import __version__
-from .proc.children import Reaper
-from .config import EXIT_CANNOT_LISTEN, Config
-from .connection import Connection
-from .net.front import handler_for
-from .http.plain import serve_redirects
-from .net.listen import describe, open_listeners, remove_unix
+from .backends.process import ProcessBackend
+from .config import EXIT_CANNOT_LISTEN, Config, ConfigError
+from .connection import Connection, Shared
+from .http import response
+from .http.redirect import serve_redirects
 from .log import setup
-from .http.response import render
+from .net.front import Fronts, open_front
+from .net.listen import bind, describe, inetd_socket, open_listeners, remove_unix
 from .net.streams import Socket, next_connection
+from .net.tls import NotTls
+from .proc.children import Handlers
+from .registry import Registry
 
 logger = logging.getLogger("wsexec.server")
 
-BACKLOG = 4096
 
-
-class ServerState:
-    """What connections share: the config, the reaper, counters, the stop flag."""
+class Server:
+    """The services connections share (handlers, registry, fronts, backend),
+    the listeners' addresses, and stopping."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.reaper = Reaper()
-        self.stopping = trio.Event()
-        self.forks = 0
-        self.connections: Set[Connection] = set()
-        self.instance = os.urandom(6).hex()
-        self.software = f"wsexec/{__version__}"
+        self.handlers = Handlers(config.maxforks)
+        self.registry = Registry()
+        self.fronts = Fronts(config)
+        backend = ProcessBackend(config, self.handlers) if config.has_handler else None
+        self.shared = Shared(config, self.handlers, self.registry, backend, os.urandom(6).hex(),
+                             f"wsexec/{__version__}")
         self.addresses: List[Tuple[str, int]] = []
         self.redirect_addresses: List[Tuple[str, int]] = []  # --redirport listeners
         self.urls: List[str] = []  # every listener, unix sockets too (wsexec/net/listen.py)
-        self._ids = count(1)
         self._accept_scopes: List[trio.CancelScope] = []  # one per listener: a scope is entered once
         self._connections_scope: Optional[trio.CancelScope] = None
 
-    def new_id(self) -> int:
-        return next(self._ids)
+    @property
+    def stopping(self) -> trio.Event:
+        return self.registry.stopping
 
     def shutdown(self) -> None:
         """Graceful stop: accept no more; every session closes with 1001 after
         its handler's ladder; anything still running at the deadline is cancelled."""
         if self.stopping.is_set():
             return
-        logger.info("shutting down: %d connections open", len(self.connections))
-        self.stopping.set()
+        logger.info("shutting down: %d connections open", len(self.registry))
+        self.registry.stop()
         for scope in self._accept_scopes:
             scope.cancel()
-        for conn in list(self.connections):
-            conn.wakeup()
 
     def abort(self) -> None:
         """Immediate stop: cancel every connection; each kills its handler group."""
         self.shutdown()
-        self.reaper.kill_all()
+        self.handlers.kill_all()
         if self._connections_scope is not None:
             self._connections_scope.cancel()
 
@@ -76,84 +81,91 @@ class ServerState:
         c = self.config
         return c.closems / 1000 + 0.5 + c.gracems / 1000 + 1.0
 
-
-def bind(config: Config) -> List[socket.socket]:
-    """One listening socket per address (all interfaces, v4 and v6, if none given).
-    With --port 0 every listener shares the first one's port."""
-    port = config.port
-    hosts = list(config.addresses) or [None]
-    sockets: List[socket.socket] = []
-    try:
-        for host in hosts:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            seen = set()
-            for family, type_, proto, _, addr in infos:
-                if (family, addr) in seen:
-                    continue
-                seen.add((family, addr))
-                sock = socket.socket(family, type_, proto)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and len(sockets) > 1:
-                    addr = (addr[0], sockets[0].getsockname()[1]) + tuple(addr[2:])
-                sock.bind(addr)
-                sock.listen(BACKLOG)
-                sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    async def handle(self, sock: Socket, front: bool) -> None:
+        """One connection, start to end: the front if the listener needs one,
+        then the request. The one catch-all."""
+        stream, conn = sock, None
+        try:
+            opened = None
+            if front:
+                try:
+                    opened = await open_front(sock, self.fronts, self.config.handshakems / 1000)
+                except NotTls:
+                    await response.send(sock, response.render(400, "this port speaks TLS: use https:// or wss://"), 1)
+                    return
+                if opened is None:
+                    return
+                stream = opened[0]
+            conn = Connection(self.shared, self.registry.new_id(), stream, opened[1] if opened else None)
+            await conn.run()
+        except Exception:
+            if conn is None:
+                logger.exception("internal error before the request")
+            else:
+                await conn.fail()
+        finally:
+            await stream.aclose()
+            if stream is not sock:
+                sock.close()
 
 
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    """Serve until shut down; task_status gets the ServerState (with .addresses)."""
-    state = ServerState(config)
-    listeners = open_listeners(config, bind)
-    state.addresses = [s.getsockname()[:2] for s in listeners if s.family != socket.AF_UNIX]
-    state.urls = [describe(s, config.ssl) for s in listeners]
+    """Serve until shut down; task_status gets the Server (with .addresses)."""
+    server = Server(config)
+    listeners = open_listeners(config)
+    try:
+        redirects = bind(config.addresses, config.redirport) if config.redirport is not None else []
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    server.addresses = [s.getsockname()[:2] for s in listeners if s.family != socket.AF_UNIX]
+    server.redirect_addresses = [s.getsockname()[:2] for s in redirects]
+    server.urls = [describe(s, config.ssl) for s in listeners]
     owned_unix = (config.unixsocket, os.lstat(config.unixsocket).st_ino) if config.unixsocket and not config.listen_fds else None
     try:
         async with trio.open_nursery() as root:
-            await root.start(state.reaper.run)
+            await root.start(server.handlers.run)
             if handle_signals:
                 # Started, not just scheduled: a SIGTERM right after "listening on"
                 # must already take the graceful path.
-                await root.start(watch_signals, state)
-            if config.redirport is not None:
-                await root.start(serve_redirects, state)
-            for url in state.urls:
-                logger.info("serving %s on %s", " ".join(config.command) or f"--dir {config.dir}", url)
-            task_status.started(state)
+                await root.start(watch_signals, server)
+            if redirects:
+                tls_port = server.addresses[0][1] if server.addresses else config.port
+                root.start_soon(serve_redirects, config, redirects, tls_port)
+            serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else "no handler (site only)")
+            for url in server.urls:
+                logger.info("serving %s on %s", serving, url)
+            task_status.started(server)
             async with trio.open_nursery() as connections:
-                state._connections_scope = connections.cancel_scope
+                server._connections_scope = connections.cancel_scope
                 for listener in listeners:
-                    connections.start_soon(accept, state, listener, connections)
-                await state.stopping.wait()
-                with trio.move_on_after(state.shutdown_deadline):
-                    while state.connections:
+                    connections.start_soon(accept, server, listener, connections)
+                await server.stopping.wait()
+                with trio.move_on_after(server.shutdown_deadline):
+                    while len(server.registry):
                         await trio.sleep(0.01)
                 connections.cancel_scope.cancel()
             root.cancel_scope.cancel()
     finally:
-        state.reaper.spawner.close()
+        server.handlers.spawner.close()
     if owned_unix:
         remove_unix(*owned_unix)
     logger.info("stopped")
 
 
-async def accept(state: ServerState, listener: socket.socket, nursery: trio.Nursery) -> None:
+async def accept(server: Server, listener: socket.socket, nursery: trio.Nursery) -> None:
     """Accept until shutdown. When out of file descriptors, a spare one is
     given up to accept the client and answer 503 rather than leave it hanging
     in the backlog while accept() fails in a busy loop."""
     spare: Optional[int] = os.open(os.devnull, os.O_RDONLY)
-    handle = handler_for(state, listener)  # handle_connection unless TLS, PROXY or a unix socket
+    # TLS, PROXY and trusted proxies need the front; so do unix sockets (their peer names)
+    front = server.fronts.active or listener.family == socket.AF_UNIX
+    handle = server.handle
     accepted = 0
     with trio.CancelScope() as scope:
-        state._accept_scopes.append(scope)
-        if state.stopping.is_set():
+        server._accept_scopes.append(scope)
+        if server.stopping.is_set():
             scope.cancel()
         try:
             while True:
@@ -167,7 +179,7 @@ async def accept(state: ServerState, listener: socket.socket, nursery: trio.Nurs
                     continue
                 if conn.family in (socket.AF_INET, socket.AF_INET6):
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(handle, Socket(conn), state)
+                nursery.start_soon(handle, Socket(conn), front)
                 accepted += 1
                 if accepted % 16 == 0:
                     await trio.lowlevel.checkpoint()
@@ -198,23 +210,23 @@ def refuse_when_out_of_fds(listener: socket.socket, spare: Optional[int]) -> Opt
     logger.error("out of file descriptors: refusing a connection with 503")
     try:
         conn.setblocking(False)
-        conn.send(render(503, "server busy: out of file descriptors, try again later"))
+        conn.send(response.render(503, "server busy: out of file descriptors, try again later"))
     except OSError:
         pass
     conn.close()
     return reserve_fd()
 
 
-async def watch_signals(state: ServerState, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+async def watch_signals(server: Server, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            if not state.stopping.is_set():
+            if not server.stopping.is_set():
                 logger.info("%s received", signal.Signals(signum).name)
-                state.shutdown()
+                server.shutdown()
             else:
                 logger.info("%s received again: stopping now", signal.Signals(signum).name)
-                state.abort()
+                server.abort()
 
 
 def ensure_standard_fds() -> None:
@@ -254,19 +266,17 @@ def run(config: Config) -> int:
     tune_gc()
     keep_inherited_fds_from_handlers()
     if config.inetd:
-        from .net.listen import run_inetd
-
         return run_inetd(config)
     ensure_standard_fds()
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:
             try:
-                state = await nursery.start(partial(serve, config))
+                server = await nursery.start(partial(serve, config))
             except OSError as e:
                 logger.critical("cannot listen: %s", e)
                 return EXIT_CANNOT_LISTEN
-            for url in state.urls:
+            for url in server.urls:
                 print(f"listening on {url}", flush=True)
         return 0
 
@@ -274,3 +284,30 @@ def run(config: Config) -> int:
         return trio.run(main)
     except KeyboardInterrupt:
         return 0
+
+
+def run_inetd(config: Config) -> int:
+    """Serve the one connection on stdin/stdout, then exit (inetd, xinetd,
+    systemd Accept=yes). SIGTERM ends it as it ends a listening server."""
+    try:
+        sock = inetd_socket()
+    except ConfigError as e:
+        logger.critical("%s", e)
+        return e.exit_code
+
+    async def main() -> None:
+        server = Server(config)
+        try:
+            async with trio.open_nursery() as root:
+                await root.start(server.handlers.run)
+                root.start_soon(watch_signals, server)
+                await server.handle(Socket(sock), front=True)
+                root.cancel_scope.cancel()
+        finally:
+            server.handlers.spawner.close()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0

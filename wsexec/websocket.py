@@ -16,6 +16,8 @@ from typing import Deque, Iterable, List, Optional, Sequence, Tuple
 
 import trio
 
+from .http.syntax import header_tokens
+
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 # Close codes (RFC 6455 section 7.4.1).
@@ -45,10 +47,6 @@ class ProtocolError(Exception):
 
 
 # --- handshake (pure) -------------------------------------------------------
-
-
-def header_tokens(value: Optional[str]) -> List[str]:
-    return [t.strip().lower() for t in (value or "").split(",")]
 
 
 def is_upgrade(get_header) -> bool:  # type: ignore[no-untyped-def]

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, AsyncIterator, List, Optional, Tuple
 
 import trio
 
-from ..proc.children import Child, describe_status, stop
-from ..config import is_token
+from ..proc.children import Child, stop
+from .syntax import is_token
 from .environment import to_env
 from .request import ClientGone
 from .routing import Route, route_dir
 
 if TYPE_CHECKING:
-    from .plain import Exchange
+    from .exchange import Exchange
 
 Header = Tuple[str, str]
 
@@ -126,45 +125,52 @@ def parse_head(block: bytes) -> CgiHead:
 
 async def run(ex: "Exchange", found: Route) -> Optional[str]:
     """Answer the request with the script; a local redirect's URL if it asks for one."""
-    conn, config = ex.conn, ex.config
-    state = conn.state
-    if config.maxforks and state.forks >= config.maxforks:
+    peer = ex.peer
+    handlers = peer.handlers
+    if not handlers.slots.take():
         await ex.error(429, "too many handlers running, try again later", (("Retry-After", "1"),))
         return None
-    env = await conn.environment(ex.request, found)
-    # RFC 3875 4.1.2 and 4.1.3: set when the request has a body.
-    env["CONTENT_LENGTH"] = str(ex.body_left) if ex.body_left else ""
-    env["CONTENT_TYPE"] = to_env(ex.request.header("content-type") or "")
     try:
-        child = await state.reaper.spawn((found.program,), env, conn.log)
-    except OSError as e:
-        conn.log.error("CGI %s: cannot start: %s", found.script_name, e.strerror or e)
-        await ex.error(502, "bad gateway: the CGI script could not be started")
-        return None
-    state.forks += 1
-    session = Session(ex, found, child)
-    try:
-        location = await session.run()
-    finally:
+        session = await start(ex, found)
+        if session is None:
+            return None
         try:
-            await session.end()
+            location = await session.run()
         finally:
-            state.forks -= 1
+            await session.end()
+    finally:
+        handlers.slots.give_back()
     if session.tail:
         # The answer's last bytes go out only now, with the script reaped and
         # its --maxforks slot free: a client that sends its next request as
         # soon as this one is complete never finds its own script still counted.
         try:
-            await ex.conn.stream.send_all(session.tail)
+            await peer.stream.send_all(session.tail)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             ex.keep = False
     return location
 
 
+async def start(ex: "Exchange", found: Route) -> Optional["Session"]:
+    """The script started with its environment, or None (502 sent) if it cannot start."""
+    peer = ex.peer
+    env = await peer.environment(ex.request, found)
+    # RFC 3875 4.1.2 and 4.1.3: set when the request has a body.
+    env["CONTENT_LENGTH"] = str(ex.body_left) if ex.body_left else ""
+    env["CONTENT_TYPE"] = to_env(ex.request.header("content-type") or "")
+    try:
+        child = await peer.handlers.spawn((found.program,), env, peer.log)
+    except OSError as e:
+        peer.log.error("CGI %s: cannot start: %s", found.script_name, e.strerror or e)
+        await ex.error(502, "bad gateway: the CGI script could not be started")
+        return None
+    return Session(ex, found, child)
+
+
 class Session:
     def __init__(self, ex: "Exchange", found: Route, child: Child) -> None:
         self.ex = ex
-        self.conn = ex.conn
+        self.peer = ex.peer
         self.config = ex.config
         self.route = found
         self.child = child
@@ -174,13 +180,13 @@ class Session:
         self.feed_done = trio.Event()
         self.location: Optional[str] = None
         self.tail = b""  # the end of the answer, sent once the script is gone
-        self.conn.log.pid = str(child.pid)
+        self.peer.log.pid = str(child.pid)
 
     async def run(self) -> Optional[str]:
         ex, child, config = self.ex, self.child, self.config
         expect = (ex.request.header("expect") or "").lower()
         if ex.body_left and "100-continue" in expect and ex.request.http_version == "1.1":
-            await ex.conn.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await ex.peer.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
         deadline = trio.current_time() + config.cgitimeoutms / 1000
         self.feed_scope.deadline = deadline
         async with trio.open_nursery() as nursery:
@@ -203,21 +209,12 @@ class Session:
 
     async def end(self) -> None:
         """However the request ended (even cancelled), the script goes with it."""
-        child = self.child
-        if child.status is None:
-            child.signal_group(signal.SIGKILL)
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                while child.status is None:
-                    self.conn.state.reaper.poll_one(child)
-                    if child.status is None:
-                        await trio.sleep(0.005)
-        self.conn.state.reaper.release(child)
-        status = describe_status(child.status) if child.status is not None else "not reaped"
+        status = await self.peer.handlers.dispose(self.child)
         if self.problem:
-            self.conn.log.error("CGI %s: %s (%s)", self.route.script_name, self.problem, status)
+            self.peer.log.error("CGI %s: %s (%s)", self.route.script_name, self.problem, status)
         else:
-            self.conn.log.debug("CGI %s: %s", self.route.script_name, status)
-        self.conn.log.pid = "-"
+            self.peer.log.debug("CGI %s: %s", self.route.script_name, status)
+        self.peer.log.pid = "-"
 
     async def fail(self, status: int, message: str) -> None:
         """Refuse the script's answer: the client gets status, and the
@@ -319,7 +316,7 @@ class Session:
             headers.append(("Transfer-Encoding", "chunked"))
             await ex.send_head(head.status, headers)
             async for data in self.output(rest):
-                await ex.conn.stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
+                await ex.peer.stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
                 ex.bytes_out += len(data)
             self.tail = b"0\r\n\r\n"
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Tuple
 
-from ..config import is_token
+from .syntax import is_token, split_host
 from .request import Request
 
 
@@ -51,20 +51,6 @@ def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
-
-def split_host(host: Optional[str], default_port: int) -> Tuple[str, str]:
-    """'example.com:8080' -> ('example.com', '8080'); '[::1]' -> ('::1', '80')."""
-    if not host:
-        return "", str(default_port)
-    host = host.strip()
-    if host.startswith("["):
-        name, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        name, _, port = host.partition(":")
-    if not port.isdigit():
-        port = str(default_port)
-    return name, port
 
 
 def build_environment(

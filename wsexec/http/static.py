@@ -21,7 +21,7 @@ from .routing import decode_path
 from ..net.streams import Socket
 
 if TYPE_CHECKING:
-    from .plain import Exchange
+    from .exchange import Exchange
 
 INDEX = "index.html"
 CHUNK = 1 << 18  # bytes per sendfile call, between checks for other tasks
@@ -218,9 +218,9 @@ async def serve(ex: "Exchange", found: Found) -> None:
 async def send_file(ex: "Exchange", fd: int, offset: int, length: int) -> None:
     """sendfile(2) on the non-blocking socket: the kernel copies, wsexec holds
     no file data, and a full socket buffer is the backpressure."""
-    if not isinstance(ex.conn.stream, Socket):  # TLS (wsexec/net/tls.py): the bytes must be encrypted
+    if not isinstance(ex.peer.stream, Socket):  # TLS (wsexec/net/tls.py): the bytes must be encrypted
         return await copy_file(ex, fd, offset, length)
-    sock = ex.conn.stream.sock
+    sock = ex.peer.stream.sock
     end = offset + length
     while offset < end:
         try:
@@ -231,7 +231,7 @@ async def send_file(ex: "Exchange", fd: int, offset: int, length: int) -> None:
         except OSError as e:
             raise trio.BrokenResourceError(str(e)) from e
         if sent == 0:  # the file shrank under us: the promised length cannot be kept
-            ex.conn.log.error("static file shrank while being sent; closing the connection")
+            ex.peer.log.error("static file shrank while being sent; closing the connection")
             ex.keep = False
             return
         offset += sent
@@ -245,9 +245,9 @@ async def copy_file(ex: "Exchange", fd: int, offset: int, length: int) -> None:
     while offset < end:
         data = os.pread(fd, min(1 << 16, end - offset), offset)
         if not data:  # the file shrank under us
-            ex.conn.log.error("static file shrank while being sent; closing the connection")
+            ex.peer.log.error("static file shrank while being sent; closing the connection")
             ex.keep = False
             return
-        await ex.conn.stream.send_all(data)
+        await ex.peer.stream.send_all(data)
         offset += len(data)
         ex.bytes_out += len(data)

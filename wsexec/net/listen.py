@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import stat
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from ..config import EXIT_CANNOT_LISTEN, Config, ConfigError
 
@@ -112,7 +112,36 @@ def remove_unix(path: str, inode: Optional[int]) -> None:
 # --- all listeners ---------------------------------------------------------------------
 
 
-def open_listeners(config: Config, bind: Callable[[Config], List[socket.socket]]) -> List[socket.socket]:
+def bind(hosts: Sequence[str], port: int) -> List[socket.socket]:
+    """One listening socket per address (all interfaces, v4 and v6, if none given).
+    With port 0 every listener shares the first one's port."""
+    sockets: List[socket.socket] = []
+    try:
+        for host in list(hosts) or [None]:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            seen = set()
+            for family, type_, proto, _, addr in infos:
+                if (family, addr) in seen:
+                    continue
+                seen.add((family, addr))
+                sock = socket.socket(family, type_, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and len(sockets) > 1:
+                    addr = (addr[0], sockets[0].getsockname()[1]) + tuple(addr[2:])
+                sock.bind(addr)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def open_listeners(config: Config) -> List[socket.socket]:
     """Inherited sockets if systemd passed some; otherwise --unixsocket and/or
     TCP (--unixsocket alone listens on the unix socket only; add --address
     to listen on TCP as well)."""
@@ -123,7 +152,7 @@ def open_listeners(config: Config, bind: Callable[[Config], List[socket.socket]]
         sockets.append(bind_unix(config.unixsocket, config.unixsocket_mode))
     try:
         if not config.unixsocket or config.addresses:
-            sockets += bind(config)
+            sockets += bind(config.addresses, config.port)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -168,34 +197,3 @@ def inetd_socket() -> socket.socket:
     os.close(devnull)
     sock.setblocking(False)
     return sock
-
-
-def run_inetd(config: Config) -> int:
-    """Serve the one connection on stdin/stdout, then exit (inetd, xinetd,
-    systemd Accept=yes). SIGTERM ends it as it ends a listening server."""
-    import trio
-
-    from .front import handler_for
-    from ..server import ServerState, watch_signals
-    from .streams import Socket
-
-    try:
-        sock = inetd_socket()
-    except ConfigError as e:
-        logger.critical("%s", e)
-        return e.exit_code
-
-    async def main() -> None:
-        state = ServerState(config)
-        async with trio.open_nursery() as root:
-            await root.start(state.reaper.run)
-            root.start_soon(watch_signals, state)
-            handle = handler_for(state, sock)
-            await handle(Socket(sock), state)
-            root.cancel_scope.cancel()
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        pass
-    return 0

@@ -9,7 +9,7 @@ the rest. Errors use trio's stream exceptions.
 from __future__ import annotations
 
 import socket
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Protocol, Union
 
 import trio
 
@@ -23,6 +23,21 @@ TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (linux/tcp.
 _BUFFER = bytearray(1 << 18)
 _VIEW = memoryview(_BUFFER)
 MAX_RECEIVE = len(_BUFFER)
+
+
+class Stream(Protocol):
+    """What a connection is read and written through: a Socket, or a
+    TlsStream over one (wsexec/net/tls.py)."""
+
+    sock: socket.socket
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes: ...
+    async def send_all(self, data: Union[bytes, bytearray, memoryview],
+                       still_wanted: Optional[Callable[[], bool]] = None) -> None: ...
+    def peer_open(self) -> bool: ...
+    def shutdown_write(self) -> None: ...
+    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 async def next_connection(listener: socket.socket) -> socket.socket:

@@ -54,13 +54,40 @@ def describe_status(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-class Reaper:
-    """Reaps handlers on SIGCHLD and tells each waiting connection its status."""
+class Slots:
+    """--maxforks: how many handlers (WebSocket and CGI) may run at once.
+    take() checks and claims in one step, with no await between, so
+    concurrent admissions cannot overshoot; 0 means no limit."""
 
-    def __init__(self, spawner: Optional[Spawner] = None) -> None:
+    __slots__ = ("limit", "taken")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.limit and self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+    @property
+    def full(self) -> bool:
+        return bool(self.limit) and self.taken >= self.limit
+
+
+class Handlers:
+    """Starts handler processes, reaps them on SIGCHLD (telling each waiting
+    connection its status), logs their stderr, and counts them for --maxforks."""
+
+    def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None) -> None:
         self.children: Dict[int, Child] = {}
         self.spawner = spawner or Spawner()
         self.stderr = StderrReader()
+        self.slots = Slots(maxforks)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Reap on SIGCHLD; meanwhile log every handler's stderr."""
@@ -165,6 +192,21 @@ class Reaper:
         """Once the handler is done: its last stderr lines, its descriptors closed."""
         child.io.close()
         self.stderr.close(child.stderr)
+
+    async def dispose(self, child: Child) -> str:
+        """However its connection ended (even cancelled): the handler's group
+        killed if it still runs, the handler reaped here (when the whole server
+        is cancelled the reaping task may be gone), its descriptors closed.
+        Returns its status for the log."""
+        if child.status is None:
+            child.signal_group(signal.SIGKILL)
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                while child.status is None:
+                    self.poll_one(child)
+                    if child.status is None:
+                        await trio.sleep(0.005)
+        self.release(child)
+        return describe_status(child.status) if child.status is not None else "not reaped"
 
     def kill_all(self) -> None:
         for child in list(self.children.values()):

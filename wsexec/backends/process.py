@@ -1,0 +1,142 @@
+"""One handler process per connection, websocketd's model.
+
+Client messages go to the handler's stdin (text mode: each followed by
+"\\n"), its stdout comes back as messages (text mode: one per line, text if
+UTF-8 else binary; binary mode: one per read). When the session ends the
+handler's stdin is closed and it is stopped on the ladder; its exit status
+gives the close code: 0 -> 1000, anything else -> 1011 with the status as
+the reason, an over-long line -> 1009.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Sequence
+
+import trio
+
+from ..config import Config
+from ..proc.children import Child, Handlers, describe_status, stop
+from ..proc.lines import LineSplitter, LineTooLong
+from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
+from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
+
+
+def process_outcome(status: Optional[int], too_long: str = "", not_started: str = "") -> Outcome:
+    """A handler's wait status (None: not reaped) as the session's close code."""
+    if not_started:
+        return Outcome(INTERNAL_ERROR, not_started, "not started")
+    described = describe_status(status) if status is not None else "not reaped"
+    if too_long:
+        return Outcome(TOO_BIG, too_long, described)
+    if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return Outcome(NORMAL, "", described)
+    return Outcome(INTERNAL_ERROR, described, described)
+
+
+def line_message(line: bytes) -> Message:
+    """A stdout line as a message: text when it is UTF-8, else binary, so no
+    byte is lost and no invalid text frame is sent (RFC 6455 section 8.1)."""
+    return (TEXT if is_utf8(line) else BINARY, line)
+
+
+class ProcessBackend:
+    """Spawns a handler per session, within --maxforks."""
+
+    def __init__(self, config: Config, handlers: Handlers) -> None:
+        self.config = config
+        self.handlers = handlers
+
+    async def connect(self, info: SessionInfo) -> "ProcessFarEnd":
+        # Checked and claimed in one step (no await between): concurrent
+        # upgrades cannot run more than --maxforks handlers.
+        if not self.handlers.slots.take():
+            raise Refused(429, "too many connections, try again later", (("Retry-After", "1"),))
+        return ProcessFarEnd(self.config, self.handlers, info)
+
+
+class ProcessFarEnd:
+    def __init__(self, config: Config, handlers: Handlers, info: SessionInfo) -> None:
+        self.config = config
+        self.handlers = handlers
+        self.info = info
+        self.label = "-"
+        self.child: Optional[Child] = None
+        self.splitter = None if config.binary else LineSplitter(config.maxmessage)
+        self.read_size = min(1 << 18, config.maxmessage)
+        self.output_ended = False
+        self.too_long = ""
+        self.not_started = ""
+        self.outcome: Optional[Outcome] = None
+
+    @property
+    def finished(self) -> bool:
+        return self.child is not None and self.child.exited.is_set()
+
+    async def start(self, on_finish: Callable[[], None]) -> None:
+        info = self.info
+        argv = (info.route.program,) + tuple(self.config.command[1:])
+        try:
+            self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish)
+        except OSError as e:
+            self.not_started = f"cannot start handler: {e.strerror or e}"
+            info.log.error("%s (%s)", self.not_started, info.route.program)
+            raise CannotStart(self.not_started) from None
+        self.label = str(self.child.pid)
+
+    async def deliver(self, messages: Sequence[Message]) -> bool:
+        assert self.child is not None
+        if len(messages) == 1:
+            data = messages[0][1] if self.splitter is None else messages[0][1] + b"\n"
+        else:
+            payloads = [payload for _, payload in messages]
+            data = b"".join(payloads) if self.splitter is None else b"\n".join(payloads) + b"\n"
+        try:
+            # A handler that does not read blocks this write; meanwhile
+            # nobody reads the client, so ask whether it is still there.
+            await self.child.io.send_all(data, still_wanted=self.info.client_present)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def receive(self) -> Optional[List[Message]]:
+        assert self.child is not None
+        while not self.output_ended:
+            try:
+                data = await self.child.io.receive_some(self.read_size)
+            except trio.BrokenResourceError:
+                data = b""
+            splitter = self.splitter
+            if not data:
+                self.output_ended = True
+                last = splitter.finish() if splitter is not None else None
+                return None if last is None else [line_message(last)]
+            if splitter is None:
+                return [(BINARY, data)]
+            try:
+                lines = splitter.feed(data)
+            except LineTooLong as e:
+                self.info.log.error("%s; closing", e)
+                self.too_long = str(e)
+                self.output_ended = True
+                return None
+            if lines:
+                return [line_message(line) for line in lines]
+        return None
+
+    async def close(self, ending: Ending) -> Outcome:
+        """stdin closed, the ladder, the handler reaped and its slot given back."""
+        if self.outcome is not None:
+            return self.outcome
+        child = self.child
+        try:
+            if child is not None:
+                child.close_stdin()
+                await stop(child, self.config.closems)
+        finally:
+            if child is not None:
+                await self.handlers.dispose(child)  # shielded: also when cancelled
+            self.handlers.slots.give_back()
+            self.outcome = process_outcome(child.status if child else None, self.too_long,
+                                           self.not_started or ("" if child else "not started"))
+        return self.outcome

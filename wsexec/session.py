@@ -1,0 +1,217 @@
+"""One WebSocket session over a far end (wsexec/backends/): the pumps, the
+first side to finish, keepalive pings, the close, and the session's log lines.
+
+The far end is started inside the session's nursery and closed in its
+`finally`, so it cannot outlive the session. Whichever side finishes first
+(the client, the far end's output, the far end itself, a server shutdown)
+wakes the session, which then closes the other side:
+
+    client first      its close was echoed (or it vanished); released at
+                      once, then the far end is closed
+    shutdown          the far end is closed, then the client gets 1001
+    far end first     its remaining output is delivered (within --gracems),
+                      it is closed, and the client gets the code its
+                      outcome gives (backends.close_frame)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, Tuple
+
+import trio
+
+from .backends import (
+    CLIENT_CLOSED,
+    CLIENT_GONE,
+    FAR_END_DONE,
+    PROTOCOL_ERROR,
+    SERVER_STOPPING,
+    CannotStart,
+    Ending,
+    FarEnd,
+    Outcome,
+    close_frame,
+)
+from .config import Config
+from .log import ACCESS, ConnectionLog
+from .net.streams import Stream
+from .websocket import INTERNAL_ERROR, NO_STATUS, WebSocket
+
+
+def client_ending(ws: WebSocket) -> Ending:
+    """How a client finished, from what its WebSocket saw."""
+    if ws.close_received:
+        return Ending(CLIENT_CLOSED, *ws.close_received)
+    if ws.close_sent:  # wsexec closed first: the client broke the protocol
+        return Ending(PROTOCOL_ERROR, *ws.close_sent)
+    return Ending(CLIENT_GONE, 1006, "client gone")
+
+
+def close_text(close: Optional[Tuple[int, str]]) -> str:
+    """A close frame for the log: its code, 'empty' for a frame without one
+    (RFC 6455 section 7.1.5: 1005 is never on the wire), 'none' if there was none."""
+    if close is None:
+        return "none"
+    return "empty" if close[0] == NO_STATUS else str(close[0])
+
+
+def cancel(scope: trio.CancelScope) -> None:
+    """Cancel once: trio's cancel() formats the calling task on every call,
+    even when the scope is already cancelled."""
+    if not scope.cancel_called:
+        scope.cancel()
+
+
+class Session:
+    def __init__(self, conn_id: str, ws: WebSocket, far: FarEnd, stream: Stream, config: Config,
+                 log: ConnectionLog, stopping: Callable[[], bool]) -> None:
+        self.id = conn_id
+        self.ws = ws
+        self.far = far
+        self.stream = stream
+        self.config = config
+        self.log = log
+        self.stopping = stopping
+        self.started = time.monotonic()
+        self.input_scope = trio.CancelScope()  # the client-to-far-end pump: cancelled when another side finishes
+        self.client_done = False
+        self.output_closed = trio.Event()  # the far end's output ended
+
+    def wake(self) -> None:
+        """Some side of the session finished (or the server is stopping)."""
+        cancel(self.input_scope)
+
+    async def run(self, target: str) -> None:
+        ws, far, grace = self.ws, self.far, self.config.gracems / 1000
+        ending = Ending(SERVER_STOPPING)  # unless the session ends on its own
+        crashed = False  # an unexpected error: the connection's catch-all closes with 1011
+        try:
+            try:
+                await far.start(self.wake)
+            except CannotStart:
+                ending = Ending(FAR_END_DONE)
+                outcome = await far.close(ending)
+                with trio.move_on_after(grace):
+                    await ws.close(outcome.code, outcome.reason, grace)
+                return
+            self.log.pid = far.label
+            self.log.log(ACCESS, "CONNECT %s", target)
+            ending = await self.supervise()
+        except Exception:  # not Cancelled (a BaseException), alone or in a group
+            crashed = True
+            raise
+        finally:
+            # However the session ended (even cancelled), the far end goes with it.
+            try:
+                await far.close(ending)
+            finally:
+                outcome = far.outcome  # set by close(), even when it was cancelled
+                code, reason = (INTERNAL_ERROR, "internal error") if crashed else close_frame(ending, outcome)
+                if not crashed:
+                    ws.close_now(code, reason)  # cancelled: a close frame if it fits, no waiting
+                self.log_disconnect(target, outcome, code, reason)
+
+    def log_disconnect(self, target: str, outcome: Optional[Outcome], code: int, reason: str) -> None:
+        ws = self.ws
+        self.log.log(
+            ACCESS,
+            "DISCONNECT %s %s close=%s/%s client_close=%s in=%d out=%d %.3fs",
+            target, outcome.status if outcome else "not stopped", "empty" if code == NO_STATUS else code, reason or "-",
+            close_text(ws.close_received), ws.bytes_in, ws.bytes_out, time.monotonic() - self.started,
+        )
+
+    async def supervise(self) -> Ending:
+        ws, far, config = self.ws, self.far, self.config
+        grace = config.gracems / 1000
+        output_scope = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.pump_output, output_scope)
+            if config.pingms:
+                nursery.start_soon(self.keepalive, config.pingms / 1000)
+            # This task pumps the client's messages itself (one task fewer per
+            # session) until the client is done or another side finishes.
+            with self.input_scope:
+                await self.pump_input()
+            if self.client_done:
+                # The client first: released at once (a protocol error's close
+                # is waited for), then the far end is closed.
+                cancel(output_scope)
+                ending = client_ending(ws)
+                if ending.kind == PROTOCOL_ERROR and not ws.gone:
+                    with trio.move_on_after(grace):
+                        await ws.close(ending.code, ending.reason, grace)
+                self.stream.close()
+                ws.gone = True
+            elif self.stopping() and not (self.output_closed.is_set() or far.finished):
+                ending = Ending(SERVER_STOPPING)
+            else:
+                # The far end first: deliver what it still sends, then close
+                # with its outcome.
+                with trio.move_on_after(grace):
+                    await self.output_closed.wait()
+                ending = Ending(FAR_END_DONE)
+            outcome = await far.close(ending)
+            cancel(output_scope)
+            if not ws.gone:
+                code, reason = close_frame(ending, outcome)
+                with trio.move_on_after(grace):
+                    await ws.close(code, reason, grace)
+            if config.pingms:
+                nursery.cancel_scope.cancel()  # the keepalive task
+        return ending
+
+    async def keepalive(self, interval: float) -> None:
+        """A ping every interval; a client that sends nothing back for two
+        intervals (no pong, no message) is treated as gone."""
+        ws = self.ws
+        heard, quiet = ws.bytes_in, 0
+        while ws.open:
+            await trio.sleep(interval)
+            if ws.bytes_in != heard:
+                heard, quiet = ws.bytes_in, 0
+            else:
+                quiet += 1
+            if quiet >= 2:
+                self.log.log(ACCESS, "no answer to pings for %.1fs: dropping the client", 2 * interval)
+                ws.gone = True
+                self.stream.close()
+                self.client_done = True
+                self.wake()
+                return
+            await ws.ping()
+
+    async def pump_input(self) -> None:
+        """Client messages to the far end; a blocked delivery is the backpressure."""
+        ws, far = self.ws, self.far
+        taken = True
+        while True:
+            batch = await ws.receive()
+            if batch is None:
+                break
+            if taken and not await far.deliver(batch):
+                if not self.stream.peer_open():
+                    self.log.debug("client left while the handler was not reading")
+                    ws.gone = True
+                    break
+                taken = False
+                self.log.debug("handler stopped reading stdin; client messages are dropped")
+        self.client_done = True
+        self.wake()
+
+    async def pump_output(self, scope: trio.CancelScope) -> None:
+        """Far-end messages to the client; a blocked send is the backpressure."""
+        ws, far = self.ws, self.far
+        with scope:
+            while True:
+                batch = await far.receive()
+                if batch is None:
+                    break
+                if len(batch) == 1:
+                    sent = await ws.send_message(*batch[0])
+                else:
+                    sent = await ws.send_messages(batch)
+                if not sent:
+                    return  # client gone; its side of the session handles the rest
+            self.output_closed.set()
+            self.wake()
