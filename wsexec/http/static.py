@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 INDEX = "index.html"
+# A file up to this size goes out in the same write as the head.
+SMALL = 64 * 1024
 CHUNK = 1 << 18  # bytes per sendfile call, between checks for other tasks
 
 
@@ -208,8 +210,16 @@ async def serve(ex: "Exchange", found: Found) -> None:
                    ("Accept-Ranges", "bytes")] + validators
         if p.status == 206:
             headers.append(("Content-Range", f"bytes {p.start}-{p.start + p.length - 1}/{st.st_size}"))
-        await ex.send_head(p.status, headers)
-        if request.method != "HEAD":
+        if request.method == "HEAD":
+            await ex.send_head(p.status, headers)
+        elif p.length <= SMALL:
+            body = os.pread(fd, p.length, p.start)
+            if len(body) < p.length:  # the file shrank under us: the promised length cannot be kept
+                ex.peer.log.error("static file shrank while being sent; closing the connection")
+                ex.keep = False
+            await ex.send_head(p.status, headers, body)
+        else:
+            await ex.send_head(p.status, headers)
             await send_file(ex, fd, p.start, p.length)
     finally:
         os.close(fd)
