@@ -12,7 +12,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from helpers import (
     PY, ROOT, WsexecProcess, alive, collect, descendants, make_config, open_fds, raw_http, readline_within, response_head, script,
-    serving, trio_test, upgrade_request,
+    serving, trio_test, upgrade_request, raw_upgrade, client_frame, read_server_frames,
 )
 
 DUMP_ENV = """
@@ -671,3 +671,20 @@ def test_sigterm_right_after_the_listening_line_takes_the_graceful_path():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+@trio_test(10)
+async def test_an_empty_close_frame_is_logged_as_empty(caplog):
+    """RFC 6455 section 7.1.5: 1005 is never on the wire; DISCONNECT says what happened."""
+    with caplog.at_level(logging.DEBUG, logger="wsexec"):
+        async with serving(make_config("cat")) as (state, url):
+            stream, rest = await raw_upgrade(state.addresses[0][1])
+            async with stream:
+                await stream.send_all(client_frame(0x8))
+                frames, code = await read_server_frames(stream, rest)
+            assert (frames, code) == ([], 1005)  # the echo is empty too
+            with trio.fail_after(5):
+                while not any("DISCONNECT" in r.getMessage() for r in caplog.records):
+                    await trio.sleep(0.02)
+    line = [r.getMessage() for r in caplog.records if "DISCONNECT" in r.getMessage()][0]
+    assert "close=empty/-" in line and "client_close=empty" in line and "1005" not in line, line

@@ -61,9 +61,12 @@ def http_date(now: Optional[float] = None) -> str:
 
 def render_head(status: int, headers: Iterable[Header], close: bool = False) -> bytes:
     """A response head with Date (RFC 9110 section 6.6.1: an origin server
-    with a clock sends it) and, when asked, Connection: close."""
-    lines = [f"HTTP/1.1 {status} {phrase(status)}", f"Date: {http_date()}"]
+    with a clock sends it; one a CGI script gave is kept instead) and, when
+    asked, Connection: close."""
+    lines = [f"HTTP/1.1 {status} {phrase(status)}"]
     lines += [f"{name}: {value}" for name, value in headers]
+    if not any(line[:5].lower() == "date:" for line in lines):
+        lines.insert(1, f"Date: {http_date()}")
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
