@@ -212,6 +212,7 @@ def test_environment_is_the_websocketd_set_plus_http_host():
     ((("X-A", "one\r\ntwo\0"),), {"HTTP_X_A": "one  two "}),
     ((("X-Utf8", "é".encode().decode("latin-1")),), {"HTTP_X_UTF8": "é"}),
     ((("Host", "a"), ("Host", "b")), {"HTTP_HOST": "a, b"}),
+    ((("Cookie", "a=1"), ("cookie", "b=2")), {"HTTP_COOKIE": "a=1; b=2"}),  # as one Cookie line is written
 ])
 def test_header_variables(headers, expected):
     assert header_variables(headers) == expected
@@ -300,6 +301,7 @@ def tree(tmp_path):
     ("/run.sh", "/run.sh", ""),
     ("/run.sh/extra/path", "/run.sh", "/extra/path"),
     ("/run.sh/extra/", "/run.sh", "/extra/"),
+    ("/run.sh/", "/run.sh", "/"),  # the slash is kept, as websocketd and Apache keep it
     ("/sub/deep.sh/x", "/sub/deep.sh", "/x"),
     ("/inside.sh", "/inside.sh", ""),
     ("/escape.sh", None, None),

@@ -30,7 +30,8 @@ def variable_name(header: str) -> Optional[str]:
 
 
 def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
-    """HTTP_* variables (RFC 3875 section 4.1.18): repeats joined with ', '.
+    """HTTP_* variables (RFC 3875 section 4.1.18): repeats joined with ', '
+    (Cookie: with '; ').
 
     Names with anything but letters, digits and '-' are dropped (as Apache
     does): '_' so 'X_Forwarded_For' cannot pose as 'X-Forwarded-For', and
@@ -48,7 +49,11 @@ def header_variables(headers: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
         if key is None:
             continue
         value = to_env(value.strip())
-        out[key] = f"{out[key]}, {value}" if key in out else value
+        if key in out:
+            # Cookie lines are joined as one Cookie header is written (RFC 6265
+            # section 5.4, RFC 9113 section 8.2.3); other repeats with ', '.
+            value = f"{out[key]}; {value}" if key == "HTTP_COOKIE" else f"{out[key]}, {value}"
+        out[key] = value
     return out
 
 

@@ -66,8 +66,8 @@ def route_dir(root: str, url_path: str) -> Optional[Route]:
             return None
         rest = segments[i + 1 :]
         path_info = "/" + "/".join(rest) if rest else ""
-        if rest and url_path.endswith("/"):
-            path_info += "/"
+        if url_path.endswith("/") and not path_info.endswith("/"):
+            path_info += "/"  # '/script/' keeps its slash: PATH_INFO '/', as websocketd and Apache give
         script_name = "/" + "/".join(segments[: i + 1])
         return Route(real, script_name, path_info, script_name + path_info)
     return None
