@@ -117,6 +117,8 @@ def setup(level: str, target: str = "stderr") -> None:
         handler = FileHandler(target)
     handler.setFormatter(Formatter())
     root = logging.getLogger("wsexec")
+    for old in root.handlers:
+        old.close()  # a FileHandler's descriptor; a StreamHandler leaves its stream open
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     root.propagate = False
