@@ -61,6 +61,7 @@ def split_list(value: str) -> tuple:
 @click.option("--header-ws", multiple=True, type=HeaderLine(), help="Header added to WebSocket upgrade responses; repeatable.")
 @click.option("--header-http", multiple=True, type=HeaderLine(), help="Header added to plain HTTP responses; repeatable.")
 @click.option("--loglevel", type=click.Choice(LOG_LEVELS), default="access", show_default=True, help="Least severe log level shown.")
+@click.option("--log", "log_target", default="stderr", show_default=True, metavar="TARGET", help="Where the log goes: stderr, stdout, or a file appended to (created with mode 0640 less the umask; give ./stdout for a file named stdout). SIGHUP reopens the file, for logrotate.")
 @click.option("--maxmessage", type=Size(), default="4M", show_default=True, help="Largest message, either way (also the longest stdout line); beyond it, close 1009.")
 @click.option("--maxheader", type=Size(), default="16K", show_default=True, help="Largest HTTP request head; beyond it, answer 431.")
 @click.option("--handshakems", type=int, default=10_000, show_default=True, help="Milliseconds a client has to send its complete request head.")
@@ -90,6 +91,7 @@ def command(
     header_ws: Sequence,
     header_http: Sequence,
     loglevel: str,
+    log_target: str,
     maxmessage: int,
     maxheader: int,
     handshakems: int,
@@ -122,6 +124,7 @@ def command(
         headers_ws=tuple(header_ws),
         headers_http=tuple(header_http),
         loglevel=loglevel,
+        log=log_target,
         maxmessage=maxmessage,
         maxheader=maxheader,
         handshakems=handshakems,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
 
 from .http.syntax import is_token
+from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
 
@@ -48,6 +49,7 @@ class Config:
     headers_ws: Tuple[Header, ...] = ()
     headers_http: Tuple[Header, ...] = ()
     loglevel: str = "access"
+    log: str = "stderr"  # "stderr", "stdout", or a file path (absolute once loaded)
     maxmessage: int = 4 * 1024 * 1024
     maxheader: int = 16 * 1024
     handshakems: int = 10_000
@@ -142,6 +144,8 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"--subprotocol must be a token, not {name!r}", EXIT_USAGE)
     if config.loglevel not in LOG_LEVELS:
         raise ConfigError(f"unknown --loglevel {config.loglevel!r}", EXIT_USAGE)
+    if not config.log:
+        raise ConfigError("--log must be stderr, stdout or a file path", EXIT_USAGE)
     for name, value, low in (
         ("--port", config.port, 0),
         ("--maxforks", config.maxforks, 0),
@@ -178,6 +182,21 @@ def validate_fronts(config: Config) -> None:
     if config.inetd and (config.unixsocket or config.addresses or config.redirport is not None):
         raise ConfigError("--inetd serves stdin: it takes no --address, --unixsocket or --redirport",
                           EXIT_BAD_COMBINATION)
+    if config.inetd and config.log == "stdout":
+        raise ConfigError("--inetd: stdout is the connection, so the log cannot go there (--log stdout)",
+                          EXIT_BAD_COMBINATION)
+
+
+def check_log_file(path: str) -> str:
+    """The absolute path of a --log file that can be opened for appending
+    (created if missing), so SIGHUP reopens the same path whatever the
+    working directory."""
+    absolute = os.path.abspath(path)
+    try:
+        os.close(open_file(absolute))
+    except OSError as e:
+        raise ConfigError(f"cannot open the log file {path}: {e.strerror}", EXIT_BAD_COMMAND) from None
+    return absolute
 
 
 def load(config: Config) -> Config:
@@ -198,6 +217,8 @@ def load(config: Config) -> Config:
             if not os.path.isdir(root):
                 raise ConfigError(f"--{name} is not a directory: {path}", EXIT_BAD_COMMAND)
             resolved[name] = root
+    if config.log not in STREAMS:
+        resolved["log"] = check_log_file(config.log)
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
         resolved["command"] = (program,) + tuple(config.command[1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any, MutableMapping, Optional, Tuple
@@ -45,19 +46,90 @@ class Formatter(logging.Formatter):
         return f"{self._prefix}.{int(record.msecs):03d}"
 
 
-def setup(level: str) -> None:
+STREAMS = ("stderr", "stdout")  # --log targets that are not file paths
+FILE_MODE = 0o640  # a log file wsexec creates (less the umask)
+
+
+def open_file(path: str) -> int:
+    """A descriptor appending to the log file at path, created if missing;
+    close-on-exec, and never one of 0-2 (so it cannot pose as stdout or
+    stderr when wsexec was started with those closed). Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    if fd <= 2:
+        import fcntl
+
+        low = fd
+        try:
+            fd = fcntl.fcntl(low, fcntl.F_DUPFD_CLOEXEC, 3)
+        finally:
+            os.close(low)
+    return fd
+
+
+class FileHandler(logging.Handler):
+    """Appends each line to a file with one write(2), unbuffered, so nothing
+    is lost when wsexec is killed; reopen() (on SIGHUP) starts writing to
+    whatever file is at the path now, after logrotate has moved the old one."""
+
+    terminator = "\n"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.fd = open_file(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = memoryview((self.format(record) + self.terminator).encode("utf-8", "backslashreplace"))
+            while data:
+                data = data[os.write(self.fd, data):]
+        except Exception:
+            self.handleError(record)
+
+    def reopen(self) -> None:
+        """Switch to a new descriptor for the path; on OSError the old one stays."""
+        fd = open_file(self.path)
+        with self.lock:  # type: ignore[union-attr]
+            old, self.fd = self.fd, fd
+        os.close(old)
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+        super().close()
+
+
+def setup(level: str, target: str = "stderr") -> None:
+    """Install the one handler: on stderr, stdout, or appending to the file
+    at target (raises OSError if it cannot be opened)."""
     # Two lines per connection are on the hot path: skip what the format never
     # shows (the caller's file and line, thread and process names).
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    if target in STREAMS:
+        handler = logging.StreamHandler(sys.stdout if target == "stdout" else sys.stderr)
+    else:
+        handler = FileHandler(target)
     handler.setFormatter(Formatter())
     root = logging.getLogger("wsexec")
+    for old in root.handlers:
+        old.close()  # a FileHandler's descriptor; a StreamHandler leaves its stream open
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     root.propagate = False
+
+
+def reopen() -> None:
+    """Reopen the log file (SIGHUP); nothing when the log goes to stderr or
+    stdout. Raises OSError, and the old file stays in use."""
+    for handler in logging.getLogger("wsexec").handlers:
+        if isinstance(handler, FileHandler):
+            handler.reopen()
 
 
 class ConnectionLog(logging.LoggerAdapter):

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from functools import partial
 from typing import List, Optional, Tuple
 
@@ -21,11 +22,11 @@ import trio
 
 from . import __version__
 from .backends.process import ProcessBackend
-from .config import EXIT_CANNOT_LISTEN, Config, ConfigError
+from .config import EXIT_BAD_COMMAND, EXIT_CANNOT_LISTEN, Config, ConfigError
 from .connection import Connection, Shared
 from .http import response
 from .http.redirect import serve_redirects
-from .log import setup
+from .log import STREAMS, reopen, setup
 from .net.front import Fronts, open_front
 from .net.listen import bind, describe, inetd_socket, open_listeners, remove_unix
 from .net.streams import Socket, next_connection
@@ -218,15 +219,34 @@ def refuse_when_out_of_fds(listener: socket.socket, spare: Optional[int]) -> Opt
 
 
 async def watch_signals(server: Server, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """SIGTERM and SIGINT stop the server; SIGHUP reopens the log file, and is
+    left at its default unless the log goes to a file."""
+    watched = [signal.SIGTERM, signal.SIGINT]
+    if server.config.log not in STREAMS:
+        watched.append(signal.SIGHUP)
+    with trio.open_signal_receiver(*watched) as signals:
         task_status.started()
         async for signum in signals:
-            if not server.stopping.is_set():
+            if signum == signal.SIGHUP:
+                reopen_log(server.config.log)
+            elif not server.stopping.is_set():
                 logger.info("%s received", signal.Signals(signum).name)
                 server.shutdown()
             else:
                 logger.info("%s received again: stopping now", signal.Signals(signum).name)
                 server.abort()
+
+
+def reopen_log(path: str) -> None:
+    """SIGHUP: new lines go to the file now at the --log path (logrotate has
+    moved the old one); if it cannot be opened, the old file stays in use."""
+    try:
+        reopen()
+    except OSError as e:
+        logger.error("SIGHUP received: cannot reopen the log file %s: %s; still logging to the old file",
+                     path, e.strerror)
+    else:
+        logger.info("SIGHUP received: log file %s reopened", path)
 
 
 def ensure_standard_fds() -> None:
@@ -262,7 +282,11 @@ def tune_gc() -> None:
 
 
 def run(config: Config) -> int:
-    setup(config.loglevel)
+    try:
+        setup(config.loglevel, config.log)
+    except OSError as e:  # load() opened it a moment ago: removed or made unwritable since
+        print(f"wsexec: cannot open the log file {config.log}: {e.strerror}", file=sys.stderr)
+        return EXIT_BAD_COMMAND
     tune_gc()
     keep_inherited_fds_from_handlers()
     if config.inetd:
