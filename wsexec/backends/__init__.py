@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Protocol, Sequence, Tuple
 
+from ..http.request import HttpError
+
 if TYPE_CHECKING:
     from ..http.routing import Route
     from ..log import ConnectionLog
@@ -56,14 +58,8 @@ class Outcome:
     status: str  # "exit status 0", "killed by SIGKILL", "not started"...
 
 
-class Refused(Exception):
+class Refused(HttpError):
     """connect() turns the client away before the upgrade with an HTTP status."""
-
-    def __init__(self, status: int, message: str, headers: Tuple[Tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 class CannotStart(Exception):
