@@ -1,5 +1,6 @@
-"""The command-line options for TLS, unix sockets, proxies, socket activation
-and inetd (wsexec/net/front.py, listen.py), kept apart from cli.py's core list."""
+"""The command-line options for TLS, unix sockets, proxies, socket activation,
+inetd, several processes on one port, and the control API (wsexec/net/,
+wsexec/control.py), kept apart from cli.py's core list."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ OPTIONS = [
     click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR", help="Believe Forwarded and X-Forwarded-For/-Proto/-Host from this address or network ('unix': unix socket peers) for REMOTE_ADDR, REMOTE_PORT, HTTPS and SERVER_NAME; repeatable."),
     click.option("--proxy-protocol", is_flag=True, help="Every connection starts with a PROXY protocol v1 or v2 header (haproxy send-proxy, stunnel protocol = proxy); without one it is refused."),
     click.option("--inetd", is_flag=True, help="Serve the one connection on stdin/stdout, then exit (inetd, xinetd, systemd Accept=yes)."),
+    click.option("--reuseport", is_flag=True, help="Let several wsexec processes listen on the same address and port (SO_REUSEPORT); the kernel spreads connections among them."),
+    click.option("--control", metavar="ADDRESS", help="Serve the control API (list, push to, close connections by id; /metrics, /healthz, /readyz) on unix:PATH or HOST:PORT, never the public port. A TCP address must be loopback unless --control-token is given."),
+    click.option("--control-mode", type=OctalMode(), default="600", show_default=True, help="Permissions of a unix:PATH --control socket, octal."),
+    click.option("--control-token", metavar="TOKEN", help="Every control request but /healthz and /readyz must carry 'Authorization: Bearer TOKEN' (else 401)."),
+    click.option("--pushtimeoutms", type=int, default=5_000, show_default=True, help="Milliseconds a control API push waits for a client that does not read; then 503 with Retry-After."),
+    click.option("--drainms", type=int, default=0, show_default=True, help="On SIGTERM or SIGINT, answer /readyz with 503 at once and keep accepting clients this long, then stop gracefully."),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -75,6 +76,13 @@ class Config:
     proxy_protocol: bool = False
     inetd: bool = False  # serve the one connection on stdin/stdout
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
+    reuseport: bool = False  # SO_REUSEPORT: several wsexec processes on one address and port
+    # The control API (wsexec/control.py): its own listener, never the public port.
+    control: Optional[str] = None  # "unix:PATH" or "HOST:PORT"
+    control_mode: int = 0o600
+    control_token: Optional[str] = None
+    pushtimeoutms: int = 5_000  # most a push waits for a client that does not read
+    drainms: int = 0  # on SIGTERM: /readyz says 503 and clients are still accepted this long
 
     @property
     def has_handler(self) -> bool:
@@ -127,6 +135,54 @@ def resolve_command(program: str, search_path: Optional[str]) -> str:
     return os.path.abspath(found)
 
 
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def parse_control(address: str) -> Tuple[str, str, int]:
+    """--control: ('unix', PATH, 0) or ('tcp', HOST, PORT); ValueError if it is neither."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        if not path:
+            raise ValueError("--control unix:PATH needs a path")
+        return "unix", path, 0
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--control must be unix:PATH or HOST:PORT, not {address!r}")
+    return "tcp", host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_control(config: Config) -> None:
+    """A TCP control address must be loopback unless requests need a token."""
+    if config.control is None:
+        if config.control_token is not None:
+            raise ConfigError("--control-token needs --control", EXIT_BAD_COMBINATION)
+        return
+    try:
+        kind, host, _ = parse_control(config.control)
+    except ValueError as e:
+        raise ConfigError(str(e), EXIT_USAGE) from None
+    if config.control_token is not None and (not config.control_token or any(c.isspace() for c in config.control_token)):
+        raise ConfigError("--control-token must be non-empty, without spaces", EXIT_USAGE)
+    if kind == "tcp" and not is_loopback(host) and config.control_token is None:
+        raise ConfigError(f"--control {config.control}: a control address other than loopback needs --control-token",
+                          EXIT_BAD_COMBINATION)
+    if not 0 <= config.control_mode <= 0o777:
+        raise ConfigError("--control-mode must be an octal mode such as 600", EXIT_USAGE)
+    if config.inetd:
+        raise ConfigError("--inetd serves one connection: it takes no --control", EXIT_BAD_COMBINATION)
+
+
 def validate(config: Config) -> Config:
     """Check the combination of options, without touching any file; raises
     ConfigError. load() then does the checks that need the file system."""
@@ -156,6 +212,8 @@ def validate(config: Config) -> Config:
         ("--gracems", config.gracems, 0),
         ("--pingms", config.pingms, 0),
         ("--cgitimeoutms", config.cgitimeoutms, 1),
+        ("--pushtimeoutms", config.pushtimeoutms, 1),
+        ("--drainms", config.drainms, 0),
     ):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
@@ -164,6 +222,7 @@ def validate(config: Config) -> Config:
     if config.redirport is not None and not 0 <= config.redirport <= 65535:
         raise ConfigError("--redirport must be between 0 and 65535", EXIT_USAGE)
     validate_fronts(config)
+    validate_control(config)
     return config
 
 

@@ -27,6 +27,7 @@ from .net.streams import Stream
 from .proc.children import Handlers
 from .registry import Registry
 from .session import Session
+from .stats import Stats
 from .websocket import INTERNAL_ERROR, WebSocket, handshake_response, is_upgrade, select_subprotocol
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ class Shared:
     handlers: Handlers  # handler processes: spawning, reaping, --maxforks
     registry: Registry  # live sessions and the stop flag
     backend: Optional["Backend"]  # None: no COMMAND or --dir, the site alone is served
+    stats: Stats  # counters for the metrics
     instance: str  # this server's UNIQUE_ID prefix
     software: str  # SERVER_SOFTWARE
+    control_url: str = ""  # WSEXEC_CONTROL: where handlers reach the control API (--control)
 
 
 def address_of(sockname: object) -> Tuple[str, int]:
@@ -71,6 +74,7 @@ class Connection:
         self.shared = shared
         self.config = shared.config
         self.handlers = shared.handlers
+        self.stats = shared.stats
         self.id = conn_id
         self.stream = stream
         self.front = front
@@ -104,6 +108,7 @@ class Connection:
     async def refuse(self, status: int, message: str, headers=(), request: Optional[Request] = None) -> None:  # type: ignore[no-untyped-def]
         path = request.path if request else "-"
         self.log.log(ACCESS, "REFUSED %d %s: %s", status, path, message)
+        self.stats.refusals[status] += 1
         extra = tuple(headers) + self.config.headers + self.config.headers_http
         head_only = request is not None and request.method == "HEAD"
         await response.send(self.stream, response.render(status, message, extra, head_only), 1)
@@ -128,6 +133,8 @@ class Connection:
             passed_env=self.config.passed_env,
         )
         env["WSEXEC_CONNECTION_ID"] = self.id
+        if shared.control_url:
+            env["WSEXEC_CONTROL"] = shared.control_url
         if self.front is not None:
             env.update(self.front.variables)  # SSL_* (mod_ssl's names)
         return env
@@ -177,16 +184,19 @@ class Connection:
         if protocol is not None:
             headers += (("Sec-WebSocket-Protocol", protocol),)
         self.ws = ws = WebSocket(self.stream, config.maxmessage, request.trailing)
-        stopping = shared.registry.stopping.is_set
-        session = Session(self.id, ws, far, self.stream, config, self.log, stopping)
-        shared.registry.add(session)
+        registry = shared.registry
+        session = Session(self.id, ws, far, self.stream, config, self.log, registry.stopping.is_set,
+                          shared.stats, registry.clock)
+        session.remote, session.target, session.protocol = request.remote, request.target, protocol
+        session.user_agent = request.header("user-agent") or ""
+        registry.add(session)
         try:
             await self.stream.send_all(handshake_response(request.header("sec-websocket-key") or "", headers))
             await session.run(request.target)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.log.debug("client left before the upgrade was sent")
         finally:
-            shared.registry.remove(session)
+            registry.remove(session)
             if far.outcome is None:  # the session never ran: the far end still holds its slot
                 await far.close(Ending(CLIENT_GONE))
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from itertools import count
-from typing import TYPE_CHECKING, Dict, Iterator
+from typing import TYPE_CHECKING, Dict, Iterator, Optional
 
 import trio
+
+from .session import Clock
 
 if TYPE_CHECKING:
     from .session import Session
@@ -21,6 +23,8 @@ class Registry:
         self.sessions: Dict[str, "Session"] = {}
         self.requests = 0  # plain HTTP requests being answered (they delay shutdown too)
         self.stopping = trio.Event()
+        self.draining = False  # --drainms: still accepting, but /readyz says 503
+        self.clock = Clock()
         self._numbers = count(1)
 
     def new_id(self) -> str:
@@ -28,6 +32,9 @@ class Registry:
         the life of the process (a counter) and hard to guess (8 random hex
         digits before it: equal ids would need equal counters)."""
         return f"{os.urandom(4).hex()}{next(self._numbers):x}"
+
+    def get(self, conn_id: str) -> Optional["Session"]:
+        return self.sessions.get(conn_id)
 
     def add(self, session: "Session") -> None:
         self.sessions[session.id] = session

@@ -22,17 +22,18 @@ import trio
 
 from . import __version__
 from .backends.process import ProcessBackend
-from .config import EXIT_BAD_COMMAND, EXIT_CANNOT_LISTEN, Config, ConfigError
+from .config import EXIT_BAD_COMMAND, EXIT_CANNOT_LISTEN, Config, ConfigError, parse_control
 from .connection import Connection, Shared
 from .http import response
 from .http.redirect import serve_redirects
 from .log import STREAMS, reopen, setup
 from .net.front import Fronts, open_front
-from .net.listen import bind, describe, inetd_socket, open_listeners, remove_unix
+from .net.listen import bind, bind_unix, describe, inetd_socket, open_listeners, remove_unix
 from .net.streams import Socket, next_connection
 from .net.tls import NotTls
 from .proc.children import Handlers
 from .registry import Registry
+from .stats import Stats
 
 logger = logging.getLogger("wsexec.server")
 
@@ -41,19 +42,21 @@ class Server:
     """The services connections share (handlers, registry, fronts, backend),
     the listeners' addresses, and stopping."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, control_url: str = "") -> None:
         self.config = config
-        self.handlers = Handlers(config.maxforks)
+        self.stats = Stats()
+        self.handlers = Handlers(config.maxforks, stats=self.stats)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend = ProcessBackend(config, self.handlers) if config.has_handler else None
-        self.shared = Shared(config, self.handlers, self.registry, backend, os.urandom(6).hex(),
-                             f"wsexec/{__version__}")
+        self.shared = Shared(config, self.handlers, self.registry, backend, self.stats, os.urandom(6).hex(),
+                             f"wsexec/{__version__}", control_url)
         self.addresses: List[Tuple[str, int]] = []
         self.redirect_addresses: List[Tuple[str, int]] = []  # --redirport listeners
         self.urls: List[str] = []  # every listener, unix sockets too (wsexec/net/listen.py)
         self._accept_scopes: List[trio.CancelScope] = []  # one per listener: a scope is entered once
         self._connections_scope: Optional[trio.CancelScope] = None
+        self.control = None  # the control API (wsexec/control.py), with --control
 
     @property
     def stopping(self) -> trio.Event:
@@ -68,6 +71,15 @@ class Server:
         self.registry.stop()
         for scope in self._accept_scopes:
             scope.cancel()
+
+    async def drain(self, seconds: float) -> None:
+        """--drainms: /readyz turns 503 at once while clients are still
+        accepted, so a health-checking front moves new ones elsewhere; then
+        the graceful stop."""
+        self.registry.draining = True
+        logger.info("draining: readiness 503, still accepting for %.3fs", seconds)
+        await trio.sleep(seconds)
+        self.shutdown()
 
     def abort(self) -> None:
         """Immediate stop: cancel every connection; each kills its handler group."""
@@ -112,18 +124,25 @@ class Server:
 
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Serve until shut down; task_status gets the Server (with .addresses)."""
-    server = Server(config)
     listeners = open_listeners(config)
+    redirects: List[socket.socket] = []
+    control: List[socket.socket] = []
     try:
-        redirects = bind(config.addresses, config.redirport) if config.redirport is not None else []
+        if config.redirport is not None:
+            redirects = bind(config.addresses, config.redirport)
+        if config.control is not None:
+            control = bind_control(config)
     except OSError:
-        for listener in listeners:
+        for listener in listeners + redirects:
             listener.close()
         raise
+    server = Server(config, control_url(control[0]) if control else "")
     server.addresses = [s.getsockname()[:2] for s in listeners if s.family != socket.AF_UNIX]
     server.redirect_addresses = [s.getsockname()[:2] for s in redirects]
     server.urls = [describe(s, config.ssl) for s in listeners]
     owned_unix = (config.unixsocket, os.lstat(config.unixsocket).st_ino) if config.unixsocket and not config.listen_fds else None
+    owned_control = (control[0].getsockname(), os.lstat(control[0].getsockname()).st_ino) \
+        if control and control[0].family == socket.AF_UNIX else None
     try:
         async with trio.open_nursery() as root:
             await root.start(server.handlers.run)
@@ -134,6 +153,12 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
             if redirects:
                 tls_port = server.addresses[0][1] if server.addresses else config.port
                 root.start_soon(serve_redirects, config, redirects, tls_port)
+            if control:
+                from .control import Control  # with --control only: it loads prometheus_client
+
+                server.control = Control(config, server.registry, server.stats, server.handlers.slots)
+                await root.start(server.control.serve, control)
+                logger.info("control API on %s", server.shared.control_url)
             serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else "no handler (site only)")
             for url in server.urls:
                 logger.info("serving %s on %s", serving, url)
@@ -152,7 +177,27 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
         server.handlers.spawner.close()
     if owned_unix:
         remove_unix(*owned_unix)
+    if control and control[0].family == socket.AF_UNIX:
+        remove_unix(*owned_control)
     logger.info("stopped")
+
+
+def bind_control(config: Config) -> List[socket.socket]:
+    """The control listener: a unix socket, or a TCP address (its own port)."""
+    assert config.control is not None
+    kind, host, port = parse_control(config.control)
+    if kind == "unix":
+        return [bind_unix(host, config.control_mode)]
+    return bind([host], port)
+
+
+def control_url(listener: socket.socket) -> str:
+    """WSEXEC_CONTROL: unix:PATH, or http://HOST:PORT with the port bound."""
+    name = listener.getsockname()
+    if listener.family == socket.AF_UNIX:
+        return "unix:" + (name.decode() if isinstance(name, bytes) else name)
+    host = f"[{name[0]}]" if ":" in name[0] else name[0]
+    return f"http://{host}:{name[1]}"
 
 
 async def accept(server: Server, listener: socket.socket, nursery: trio.Nursery) -> None:
@@ -219,22 +264,28 @@ def refuse_when_out_of_fds(listener: socket.socket, spare: Optional[int]) -> Opt
 
 
 async def watch_signals(server: Server, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-    """SIGTERM and SIGINT stop the server; SIGHUP reopens the log file, and is
-    left at its default unless the log goes to a file."""
+    """SIGTERM and SIGINT stop the server (after --drainms, if given; a
+    second signal stops without draining, a third at once); SIGHUP reopens
+    the log file, and is left at its default unless the log goes to a file."""
     watched = [signal.SIGTERM, signal.SIGINT]
     if server.config.log not in STREAMS:
         watched.append(signal.SIGHUP)
-    with trio.open_signal_receiver(*watched) as signals:
-        task_status.started()
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                reopen_log(server.config.log)
-            elif not server.stopping.is_set():
-                logger.info("%s received", signal.Signals(signum).name)
-                server.shutdown()
-            else:
-                logger.info("%s received again: stopping now", signal.Signals(signum).name)
-                server.abort()
+    async with trio.open_nursery() as nursery:  # the drain, when there is one
+        with trio.open_signal_receiver(*watched) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    reopen_log(server.config.log)
+                elif server.stopping.is_set():
+                    logger.info("%s received again: stopping now", name)
+                    server.abort()
+                elif server.config.drainms and not server.registry.draining:
+                    logger.info("%s received", name)
+                    nursery.start_soon(server.drain, server.config.drainms / 1000)
+                else:
+                    logger.info("%s received%s", name, " while draining: stopping" if server.registry.draining else "")
+                    server.shutdown()
 
 
 def reopen_log(path: str) -> None:
@@ -302,6 +353,8 @@ def run(config: Config) -> int:
                 return EXIT_CANNOT_LISTEN
             for url in server.urls:
                 print(f"listening on {url}", flush=True)
+            if server.shared.control_url:
+                print(f"control on {server.shared.control_url}", flush=True)
         return 0
 
     try:

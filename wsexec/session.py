@@ -8,6 +8,9 @@ wakes the session, which then closes the other side:
 
     client first      its close was echoed (or it vanished); released at
                       once, then the far end is closed
+    closed by id      (the control API) the client gets that close frame and
+                      is released, then the far end is closed, as when a
+                      client leaves
     shutdown          the far end is closed, then the client gets 1001
     far end first     its remaining output is delivered (within --gracems),
                       it is closed, and the client gets the code its
@@ -22,6 +25,7 @@ from typing import Callable, Optional, Tuple
 import trio
 
 from .backends import (
+    API_CLOSED,
     CLIENT_CLOSED,
     CLIENT_GONE,
     FAR_END_DONE,
@@ -30,12 +34,14 @@ from .backends import (
     CannotStart,
     Ending,
     FarEnd,
+    Message,
     Outcome,
     close_frame,
 )
 from .config import Config
 from .log import ACCESS, ConnectionLog
 from .net.streams import Stream
+from .stats import Stats
 from .websocket import INTERNAL_ERROR, NO_STATUS, WebSocket
 
 
@@ -63,9 +69,18 @@ def cancel(scope: trio.CancelScope) -> None:
         scope.cancel()
 
 
+class Clock:
+    """Wall-clock time to the second, for last-activity stamps: read per
+    message, so it is an attribute, set by a task of the control listener
+    (wsexec/control.py) once a second; not kept without --control."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+
 class Session:
     def __init__(self, conn_id: str, ws: WebSocket, far: FarEnd, stream: Stream, config: Config,
-                 log: ConnectionLog, stopping: Callable[[], bool]) -> None:
+                 log: ConnectionLog, stopping: Callable[[], bool], stats: Stats, clock: Clock) -> None:
         self.id = conn_id
         self.ws = ws
         self.far = far
@@ -73,14 +88,66 @@ class Session:
         self.config = config
         self.log = log
         self.stopping = stopping
+        self.stats = stats
+        self.clock = clock
         self.started = time.monotonic()
+        self.started_at = clock.now  # wall clock, for the control API
+        self.last_active = clock.now
+        self.messages_in = 0
+        self.messages_out = 0
+        # What the control API shows; set by the connection before the session runs.
+        self.remote: Tuple[str, int] = ("", 0)
+        self.target = ""
+        self.protocol: Optional[str] = None
+        self.user_agent = ""
         self.input_scope = trio.CancelScope()  # the client-to-far-end pump: cancelled when another side finishes
         self.client_done = False
         self.output_closed = trio.Event()  # the far end's output ended
+        self.close_asked: Optional[Tuple[int, str]] = None  # by the control API
+        self.push_lock = trio.StrictFIFOLock()  # pushes to this client keep their order
+        self.queued = 0  # bytes of broadcasts waiting for this client (wsexec/control.py)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return int(self.far.label) if self.far.label.isdigit() else None
 
     def wake(self) -> None:
         """Some side of the session finished (or the server is stopping)."""
         cancel(self.input_scope)
+
+    def drop_client(self, why: str) -> None:
+        """Treat the client as gone (it stopped answering, or a send to it
+        was cut short and its connection can carry no more frames)."""
+        self.log.log(ACCESS, "%s: dropping the client", why)
+        self.ws.gone = True
+        self.stream.close()
+        self.client_done = True
+        self.wake()
+
+    def close_by_id(self, code: int, reason: str) -> None:
+        """The control API closes this connection with code and reason."""
+        if self.close_asked is None:
+            self.close_asked = (code, reason)
+            self.wake()
+
+    async def push(self, message: Message) -> bool:
+        """One message to the client from outside the far end (the control
+        API), in order with other pushes and never inside another message.
+        False if the client is gone. The caller bounds the wait; a push cut
+        off half way leaves a broken frame, so the client is then dropped."""
+        ws = self.ws
+        async with self.push_lock:
+            try:
+                sent = await ws.send_message(*message)
+            except trio.Cancelled:
+                if ws.gone and not self.client_done:
+                    self.drop_client("a push to a client that does not read timed out mid-message")
+                raise
+        if sent:
+            self.messages_out += 1
+            self.last_active = self.clock.now
+            self.stats.pushes += 1
+        return sent
 
     async def run(self, target: str) -> None:
         ws, far, grace = self.ws, self.far, self.config.gracems / 1000
@@ -111,6 +178,15 @@ class Session:
                 if not crashed:
                     ws.close_now(code, reason)  # cancelled: a close frame if it fits, no waiting
                 self.log_disconnect(target, outcome, code, reason)
+                self.count(ws.close_sent[0] if ws.close_sent else 1006)
+
+    def count(self, code: int) -> None:
+        stats, ws = self.stats, self.ws
+        stats.closed[code] += 1
+        stats.messages_in += self.messages_in
+        stats.messages_out += self.messages_out
+        stats.bytes_in += ws.bytes_in
+        stats.bytes_out += ws.bytes_out
 
     def log_disconnect(self, target: str, outcome: Optional[Outcome], code: int, reason: str) -> None:
         ws = self.ws
@@ -133,12 +209,17 @@ class Session:
             # session) until the client is done or another side finishes.
             with self.input_scope:
                 await self.pump_input()
-            if self.client_done:
-                # The client first: released at once (a protocol error's close
-                # is waited for), then the far end is closed.
+            if self.client_done or self.close_asked:
+                # The client first, or closed by id: released at once (after
+                # the close handshake where wsexec sent the close), then the
+                # far end is closed.
                 cancel(output_scope)
-                ending = client_ending(ws)
-                if ending.kind == PROTOCOL_ERROR and not ws.gone:
+                if self.client_done:
+                    ending = client_ending(ws)
+                else:
+                    assert self.close_asked is not None
+                    ending = Ending(API_CLOSED, *self.close_asked)
+                if ending.kind in (PROTOCOL_ERROR, API_CLOSED) and not ws.gone:
                     with trio.move_on_after(grace):
                         await ws.close(ending.code, ending.reason, grace)
                 self.stream.close()
@@ -173,11 +254,7 @@ class Session:
             else:
                 quiet += 1
             if quiet >= 2:
-                self.log.log(ACCESS, "no answer to pings for %.1fs: dropping the client", 2 * interval)
-                ws.gone = True
-                self.stream.close()
-                self.client_done = True
-                self.wake()
+                self.drop_client(f"no answer to pings for {2 * interval:.1f}s")
                 return
             await ws.ping()
 
@@ -189,6 +266,8 @@ class Session:
             batch = await ws.receive()
             if batch is None:
                 break
+            self.messages_in += len(batch)
+            self.last_active = self.clock.now
             if taken and not await far.deliver(batch):
                 if not self.stream.peer_open():
                     self.log.debug("client left while the handler was not reading")
@@ -213,5 +292,7 @@ class Session:
                     sent = await ws.send_messages(batch)
                 if not sent:
                     return  # client gone; its side of the session handles the rest
+                self.messages_out += len(batch)
+                self.last_active = self.clock.now
             self.output_closed.set()
             self.wake()

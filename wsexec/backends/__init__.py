@@ -40,12 +40,13 @@ CLIENT_GONE = "client-gone"  # the connection dropped, or the client stopped ans
 PROTOCOL_ERROR = "protocol-error"  # the client broke RFC 6455; wsexec closed with the matching code
 FAR_END_DONE = "far-end-done"  # the far end finished (a process exited, its output ended)
 SERVER_STOPPING = "server-stopping"  # wsexec is shutting down
+API_CLOSED = "api-closed"  # closed by id through the control API, with its code and reason
 
 
 @dataclass(frozen=True)
 class Ending:
     kind: str
-    code: int = 1000  # the client's close code, or the one wsexec sent for a protocol error
+    code: int = 1000  # the client's close code, the one wsexec sent for a protocol error, or the API's
     reason: str = ""
 
 
@@ -112,7 +113,7 @@ def close_frame(ending: Ending, outcome: Optional[Outcome]) -> Tuple[int, str]:
     shutting down), 1011 an unexpected condition (the far end's failure,
     with its reason), 1009 a message too big (an over-long output line).
     """
-    if ending.kind in (CLIENT_CLOSED, PROTOCOL_ERROR):
+    if ending.kind in (CLIENT_CLOSED, PROTOCOL_ERROR, API_CLOSED):
         return ending.code, ending.reason
     if ending.kind == CLIENT_GONE:
         return 1006, "client gone"

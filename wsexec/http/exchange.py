@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..log import ConnectionLog
     from ..proc.children import Handlers
+    from ..stats import Stats
     from .routing import Route
 
     class Peer(Protocol):
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         log: ConnectionLog
         config: Config
         handlers: Handlers  # spawns CGI scripts, within --maxforks
+        stats: Stats  # counts the answers
 
         async def environment(self, request: Request, route: Route) -> Dict[str, str]: ...
 

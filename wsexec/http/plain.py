@@ -124,6 +124,8 @@ async def respond(peer: "Peer", request: Request, reader: Reader) -> bool:
         ex.keep = False
     except trio.BrokenResourceError:
         ex.keep = False
+    if ex.status:
+        peer.stats.http[ex.status] += 1
     peer.log.log(
         ACCESS, "HTTP %s %s %s %d bytes %.3fs%s",
         request.method, request.target, ex.status or "-", ex.bytes_out, time.monotonic() - started,

@@ -112,9 +112,11 @@ def remove_unix(path: str, inode: Optional[int]) -> None:
 # --- all listeners ---------------------------------------------------------------------
 
 
-def bind(hosts: Sequence[str], port: int) -> List[socket.socket]:
+def bind(hosts: Sequence[str], port: int, reuseport: bool = False) -> List[socket.socket]:
     """One listening socket per address (all interfaces, v4 and v6, if none given).
-    With port 0 every listener shares the first one's port."""
+    With port 0 every listener shares the first one's port. reuseport lets
+    several processes listen on the same address and port (the kernel
+    spreads connections among them)."""
     sockets: List[socket.socket] = []
     try:
         for host in list(hosts) or [None]:
@@ -127,6 +129,8 @@ def bind(hosts: Sequence[str], port: int) -> List[socket.socket]:
                 sock = socket.socket(family, type_, proto)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuseport:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if port == 0 and len(sockets) > 1:
@@ -152,7 +156,7 @@ def open_listeners(config: Config) -> List[socket.socket]:
         sockets.append(bind_unix(config.unixsocket, config.unixsocket_mode))
     try:
         if not config.unixsocket or config.addresses:
-            sockets += bind(config.addresses, config.port)
+            sockets += bind(config.addresses, config.port, config.reuseport)
     except OSError:
         for sock in sockets:
             sock.close()

@@ -13,11 +13,13 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import trio
 
+from ..stats import Stats
 from .spawn import Spawner
 from .stderr import StderrPipe, StderrReader
 from ..net.streams import Socket
@@ -44,14 +46,18 @@ class Child:
 
 
 def describe_status(status: int) -> str:
+    """'exit status 3', 'killed by SIGKILL': how a handler ended, for people."""
+    return f"killed by {exit_label(status)}" if os.WIFSIGNALED(status) else f"exit status {exit_label(status)}"
+
+
+def exit_label(status: int) -> str:
+    """'0', '3', 'SIGKILL': how a handler ended, for the metrics."""
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
         try:
-            name = signal.Signals(sig).name
+            return signal.Signals(os.WTERMSIG(status)).name
         except ValueError:
-            name = str(sig)
-        return f"killed by {name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
+            return str(os.WTERMSIG(status))
+    return str(os.waitstatus_to_exitcode(status))
 
 
 class Slots:
@@ -83,11 +89,12 @@ class Handlers:
     """Starts handler processes, reaps them on SIGCHLD (telling each waiting
     connection its status), logs their stderr, and counts them for --maxforks."""
 
-    def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None) -> None:
+    def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None) -> None:
         self.children: Dict[int, Child] = {}
         self.spawner = spawner or Spawner()
         self.stderr = StderrReader()
         self.slots = Slots(maxforks)
+        self.stats = stats or Stats()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Reap on SIGCHLD; meanwhile log every handler's stderr."""
@@ -133,8 +140,10 @@ class Handlers:
             theirs.close()
             os.close(err_write)
             raise
+        began = time.monotonic()
         try:
             pid = await self.spawner.spawn(argv, env, theirs.fileno(), err_write)
+            self.stats.started(time.monotonic() - began)
         except BaseException:
             ours.close()
             self.stderr.close(stderr)
@@ -183,6 +192,7 @@ class Handlers:
         except ChildProcessError:
             status = 0
         child.status = status
+        self.stats.exits[exit_label(status)] += 1
         del self.children[child.pid]
         child.exited.set()
         if child.on_exit is not None:
