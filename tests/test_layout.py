@@ -134,3 +134,17 @@ def test_readme_describes_every_module():
     on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
     assert on_disk <= named, sorted(on_disk - named)
     assert named <= on_disk, sorted(named - on_disk)
+
+
+def test_the_wheel_holds_every_module(tmp_path):
+    """`pip install .` (the README's first command) installs the whole package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(ROOT)], check=True, timeout=120, capture_output=True)
+    wheel = next(tmp_path.glob("wsexec-*.whl"))
+    in_wheel = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("wsexec/") and n.endswith(".py")}
+    on_disk = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
+    assert on_disk == in_wheel
