@@ -142,7 +142,7 @@ def test_the_wheel_holds_every_module(tmp_path):
     import sys
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
                     str(ROOT)], check=True, timeout=120, capture_output=True)
     wheel = next(tmp_path.glob("wsexec-*.whl"))
     in_wheel = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("wsexec/") and n.endswith(".py")}
