@@ -31,6 +31,7 @@ import trio
 
 from .config import Config
 from .http.exchange import Reader, wants_keep_alive
+from .http.plain import linger
 from .http.request import ClientGone, HttpError, Request, read_request
 from .http.syntax import render_head
 from .log import ACCESS
@@ -244,6 +245,8 @@ class Control:
         logger.log(ACCESS if answer.status < 400 else logging.INFO, "control %s:%d %s %s %d",
                    request.remote[0], request.remote[1], request.method, request.target, answer.status)
         await self.send(stream, answer, keep, head_only=request.method == "HEAD")
+        if not keep:
+            await linger(stream, reader)
         return not keep
 
     def authorized(self, request: Request) -> bool:
