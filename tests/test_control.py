@@ -228,6 +228,12 @@ async def test_broadcast_reaches_every_matching_client(tmp_path):
             reply = await call(port, "POST", "/broadcast", b"\x01")
             assert json.loads(reply.body) == {"sent": 3}
             assert [await ws.get_message() for ws in (a1, a2, b)] == [b"\x01"] * 3
+            async with await Client.open(port) as client:  # back to back: each client gets them in order
+                for i in range(50):
+                    reply = await client.request("POST", "/broadcast", [("Content-Type", "text/plain")], str(i).encode())
+                    assert json.loads(reply.body) == {"sent": 3}
+            for ws in (a1, a2, b):
+                assert [await ws.get_message() for _ in range(50)] == [str(i) for i in range(50)]
             # too large: refused from the head alone, before the body is sent
             head = f"POST /broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: {4 * 1024 * 1024 + 1}\r\n\r\n"
             answer = await raw_http(port, head.encode())

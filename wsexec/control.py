@@ -24,7 +24,8 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote
 
 import trio
@@ -167,6 +168,7 @@ class Control:
         self.metrics = Metrics(registry, stats)
         self.token = f"Bearer {config.control_token}".encode() if config.control_token else None
         self.background: Optional[trio.Nursery] = None  # broadcast deliveries
+        self.outboxes: Dict[str, "Outbox"] = {}  # connection id -> broadcasts waiting for it
 
     async def serve(self, listeners: List[socket.socket], *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -334,25 +336,48 @@ class Control:
 
     def broadcast(self, request: Request, body: bytes) -> Answer:
         """Queued for every matching client at once: a slow client holds back
-        neither the others nor the caller. A client whose queued broadcasts
-        already hold --maxmessage bytes is skipped, so its memory stays
-        bounded; `sent` counts the clients it was queued for."""
+        neither the others nor the caller. Each client's broadcasts go out in
+        order; a client whose queue already holds --maxmessage bytes is
+        skipped, so its memory stays bounded. `sent` counts the clients it
+        was queued for."""
         message = message_of(body, request.header("content-type"))
         if message is None:
             return error(400, "a text/* body must be UTF-8")
         prefix = dict(parse_qsl(request.query)).get("path", "")
-        assert self.background is not None
         sent = 0
         for session in self.registry:
-            if session.target.startswith(prefix) and session.queued + len(body) <= self.config.maxmessage:
-                session.queued += len(body)
-                self.background.start_soon(self.deliver, session, message)
+            if session.target.startswith(prefix) and self.enqueue(session, message):
                 sent += 1
         return Answer(200, {"sent": sent})
 
-    async def deliver(self, session: Session, message: Tuple[int, bytes]) -> None:
+    def enqueue(self, session: Session, message: Tuple[int, bytes]) -> bool:
+        outbox = self.outboxes.get(session.id)
+        if outbox is None:
+            outbox = self.outboxes[session.id] = Outbox()
+            assert self.background is not None
+            self.background.start_soon(self.deliver, session, outbox)
+        elif outbox.size + len(message[1]) > self.config.maxmessage:
+            return False
+        outbox.messages.append(message)
+        outbox.size += len(message[1])
+        return True
+
+    async def deliver(self, session: Session, outbox: "Outbox") -> None:
+        """One client's queued broadcasts, in order; gone when the queue is empty."""
         try:
-            with trio.move_on_after(self.config.pushtimeoutms / 1000):
-                await session.push(message)
+            while outbox.messages:
+                message = outbox.messages.popleft()
+                outbox.size -= len(message[1])
+                with trio.move_on_after(self.config.pushtimeoutms / 1000):
+                    if not await session.push(message):
+                        return  # the client is gone
         finally:
-            session.queued -= len(message[1])
+            del self.outboxes[session.id]
+
+
+class Outbox:
+    __slots__ = ("messages", "size")
+
+    def __init__(self) -> None:
+        self.messages: Deque[Tuple[int, bytes]] = deque()
+        self.size = 0  # bytes waiting

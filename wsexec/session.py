@@ -105,7 +105,6 @@ class Session:
         self.output_closed = trio.Event()  # the far end's output ended
         self.close_asked: Optional[Tuple[int, str]] = None  # by the control API
         self.push_lock = trio.StrictFIFOLock()  # pushes to this client keep their order
-        self.queued = 0  # bytes of broadcasts waiting for this client (wsexec/control.py)
 
     @property
     def pid(self) -> Optional[int]:
