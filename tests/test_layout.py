@@ -148,3 +148,21 @@ def test_the_wheel_holds_every_module(tmp_path):
     in_wheel = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("wsexec/") and n.endswith(".py")}
     on_disk = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
     assert on_disk == in_wheel
+
+
+def test_plain_wsexec_loads_no_mode_libraries():
+    """Small boards count every megabyte: prometheus_client (and json, the
+    control API's) load only with --control."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, wsexec.cli, wsexec.server, wsexec.connection, wsexec.session; "
+             "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True).stdout.split()
+    assert "wsexec.server" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("prometheus_client", "httpx")]
+    assert "wsexec.control" not in loaded and "wsexec.metrics" not in loaded
+    with_control = subprocess.run([sys.executable, "-c", "import sys, wsexec.control; print(' '.join(sys.modules))"],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert "prometheus_client" in with_control
