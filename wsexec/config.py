@@ -18,6 +18,8 @@ EXIT_USAGE = 2
 EXIT_CANNOT_LISTEN = 3
 EXIT_BAD_COMBINATION = 4
 
+DEFAULT_PORT = 80
+
 LOG_LEVELS = ("debug", "trace", "access", "info", "error", "fatal", "none")
 
 Header = Tuple[str, str]
@@ -35,7 +37,11 @@ class ConfigError(Exception):
 class Config:
     command: Tuple[str, ...] = ()  # program and its arguments (command mode)
     dir: Optional[str] = None  # script directory (--dir mode), absolute
-    port: int = 80
+    port: int = DEFAULT_PORT
+    # --port was not given (the default is used): only for the hint in a
+    # cannot-listen message (wsexec/net/listen.py). The command line sets it
+    # from click's parameter source, so '--port 80' given is not defaulted.
+    port_defaulted: bool = False
     addresses: Tuple[str, ...] = ()  # empty: every interface, IPv4 and IPv6
     binary: bool = False
     maxforks: int = 0  # 0: unlimited

@@ -27,7 +27,7 @@ from .http import response
 from .http.redirect import serve_redirects
 from .log import setup
 from .net.front import Fronts, open_front
-from .net.listen import bind, describe, inetd_socket, open_listeners, remove_unix
+from .net.listen import CannotListen, bind, describe, inetd_socket, open_listeners, remove_unix
 from .net.streams import Socket, next_connection
 from .net.tls import NotTls
 from .proc.children import Handlers
@@ -114,8 +114,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     server = Server(config)
     listeners = open_listeners(config)
     try:
-        redirects = bind(config.addresses, config.redirport) if config.redirport is not None else []
-    except OSError:
+        redirects = bind(config.addresses, config.redirport, "(--redirport)") if config.redirport is not None else []
+    except CannotListen:
         for listener in listeners:
             listener.close()
         raise
@@ -273,6 +273,9 @@ def run(config: Config) -> int:
         async with trio.open_nursery() as nursery:
             try:
                 server = await nursery.start(partial(serve, config))
+            except CannotListen as e:
+                logger.critical("%s", e)  # 'cannot listen on WHAT: WHY'
+                return EXIT_CANNOT_LISTEN
             except OSError as e:
                 logger.critical("cannot listen: %s", e)
                 return EXIT_CANNOT_LISTEN
