@@ -1,5 +1,7 @@
 """Start-up errors that say what failed: a listener that cannot be opened
-names its address, port, path or fd."""
+names its address, port, path or fd; a handler whose #! interpreter is
+missing (or whose #! line ends in a carriage return) is named at start-up,
+in the close reason, and in the CGI error line."""
 
 import errno
 import os
@@ -7,9 +9,13 @@ import socket
 import subprocess
 
 import pytest
+import trio
 
-from helpers import PY, ROOT
+from helpers import PY, ROOT, WsexecProcess, collect, raw_http, script
 from wsexec.net.listen import address_label, listen_message
+from wsexec.proc.shebang import (
+    CARRIAGE_RETURN, HEAD_SIZE, NO_INTERPRETER, TOO_LONG, interpreter_problem, scan_directory, spawn_failure,
+)
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 HINT = " (the default port is 80; use --port)"
@@ -120,3 +126,125 @@ def test_unix_socket_in_a_missing_directory(tmp_path):
     result = start(["--unixsocket", str(path), "cat"])
     assert result.returncode == 3, result.stderr
     assert f"cannot listen on unix socket {path}: no such file or directory\n" in result.stderr.decode()
+
+
+# --- the #! line (pure, with the file system for the interpreter) -------------------------------
+
+@pytest.mark.parametrize("head, problem", [
+    (b"#!/nonexistent/python\nprint('hi')\n", "#! interpreter /nonexistent/python not found"),
+    (b"#!/nonexistent/sh -e -u\n", "#! interpreter /nonexistent/sh not found"),
+    (b"#!/etc/passwd/sh\n", "#! interpreter /etc/passwd/sh not found (a part of its path is not a directory)"),
+    (b"#!/bin/sh\r\necho hi\r\n", CARRIAGE_RETURN),
+    (b"#!/usr/bin/env python3\r\n", CARRIAGE_RETURN),  # env itself exists: the CR still breaks it
+    (b"#!/bin/sh -e\r\n", CARRIAGE_RETURN),
+    (b"#!/bin/sh\r", CARRIAGE_RETURN),  # one line, no newline
+    (b"#!{not_executable}\n", "#! interpreter {not_executable} is not an executable file"),
+    (b"#!{directory}\n", "#! interpreter {directory} is not an executable file"),
+    (b"#!\n", NO_INTERPRETER),
+    (b"#!  \t \nrest\n", NO_INTERPRETER),
+    (b"#!", NO_INTERPRETER),
+    (b"#!/" + b"a" * (HEAD_SIZE - 3), TOO_LONG),  # the kernel cannot see the end of the name
+    (b"#!/usr/bin/env python3\nprint('hi')\n", None),
+    (b"#!/bin/sh\n", None),
+    (b"#! /bin/sh -e -u\n", None),  # a space before the name, and arguments
+    (b"#!/bin/sh \t\n", None),  # trailing blanks are dropped by the kernel too
+    (b"#!/bin/sh", None),  # no newline at all
+    (b"#!/bin/sh " + b"x" * (HEAD_SIZE - 10), None),  # a long argument is only cut short
+    (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256))[:200], None),  # a binary
+    (b"", None),  # empty
+    (b"echo no shebang\n", None),
+    (b" #!/nonexistent/python\n", None),  # not at the very start: not a #! line
+])
+def test_interpreter_problem(tmp_path, head, problem):
+    not_executable = tmp_path / "plain"
+    not_executable.write_text("data\n")
+    not_executable.chmod(0o644)
+    names = {"not_executable": str(not_executable), "directory": str(tmp_path)}
+    head = head.replace(b"{not_executable}", names["not_executable"].encode()).replace(
+        b"{directory}", names["directory"].encode())
+    expected = problem.format(**names) if problem else None
+    assert interpreter_problem(head[:HEAD_SIZE]) == expected
+
+
+@pytest.mark.parametrize("content, code, reason", [
+    (b"#!/nonexistent/python\n", errno.ENOENT, "#! interpreter /nonexistent/python not found"),
+    (b"#!/bin/sh\r\n", errno.ENOENT, CARRIAGE_RETURN),
+    (b"#!\n", errno.ENOEXEC, NO_INTERPRETER),
+    (b"echo no shebang\n", errno.ENOEXEC, "exec format error (no #! line, and not a program this system runs)"),
+    (b"#!/bin/sh\n", errno.EACCES, "Permission denied"),  # nothing wrong with the line: the system's words
+    (b"#!/nonexistent/python\n", errno.E2BIG, "Argument list too long"),  # not a #! error: not looked at
+])
+def test_spawn_failure(tmp_path, content, code, reason):
+    path = tmp_path / "handler"
+    path.write_bytes(content)
+    assert spawn_failure(str(path), os_error(code)) == reason
+
+
+def test_spawn_failure_of_a_vanished_file(tmp_path):
+    assert spawn_failure(str(tmp_path / "gone"), os_error(errno.ENOENT)) == "No such file or directory"
+
+
+def test_scan_directory_lists_executables_with_bad_lines_only(tmp_path):
+    script(tmp_path, "crlf.sh", "echo hi\r\n", "/bin/sh\r")
+    script(tmp_path, "missing.py", "print(1)\n", "/nonexistent/python")
+    script(tmp_path, "good.sh", "echo hi\n", "/bin/sh")
+    script(tmp_path, ".hidden", "", "/nonexistent/python")  # never served
+    script(tmp_path, "off.py", "", "/nonexistent/python").chmod(0o644)  # not executable: never served
+    (tmp_path / "sub").mkdir()
+    script(tmp_path / "sub", "deep.py", "", "/nonexistent/python")  # not directly in the directory
+    (tmp_path / "binary").write_bytes(b"\x7fELF\x02\x01\x01\x00")
+    (tmp_path / "binary").chmod(0o755)
+    assert scan_directory(str(tmp_path)) == ([("crlf.sh", CARRIAGE_RETURN),
+                                              ("missing.py", "#! interpreter /nonexistent/python not found")], True)
+
+
+def test_scan_directory_is_bounded(tmp_path):
+    for i in range(5):
+        script(tmp_path, f"h{i}", "", "/nonexistent/python")
+    problems, complete = scan_directory(str(tmp_path), limit=2)
+    assert len(problems) == 2 and not complete
+    assert scan_directory(str(tmp_path), limit=5)[1]
+
+
+# --- the #! line: end to end ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("interpreter, problem", [
+    ("/nonexistent/python", "#! interpreter /nonexistent/python not found"),
+    ("/bin/sh\r", CARRIAGE_RETURN),
+])
+def test_command_with_a_bad_interpreter_exits_1(tmp_path, interpreter, problem):
+    handler = script(tmp_path, "h", "print('never')\n", interpreter)
+    result = start(["--port", "0", "--address", "127.0.0.1", str(handler)])
+    assert (result.returncode, result.stderr.decode()) == (1, f"wsexec: {handler}: {problem}\n")
+
+
+def test_dir_script_with_a_crlf_line_closes_1011_naming_the_carriage_return(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    script(root, "crlf.sh", "echo never\r\n", "/bin/sh\r")
+    script(root, "ok.sh", "echo fine\n", "/bin/sh")
+    server = WsexecProcess("--dir", str(root))
+    try:
+        assert trio.run(collect, server.url + "/crlf.sh") == ([], 1011, "cannot start handler: " + CARRIAGE_RETURN)
+        assert trio.run(collect, server.url + "/ok.sh") == (["fine"], 1000, "")
+    finally:
+        assert server.stop() == 0
+    log = server.proc.stderr.read().decode()
+    assert f"WARNING wsexec.server --dir {root}: crlf.sh cannot start: {CARRIAGE_RETURN}\n" in log
+    assert f"cannot start handler: {CARRIAGE_RETURN} ({root}/crlf.sh)" in log
+    assert "ok.sh cannot start" not in log
+
+
+def test_cgi_script_with_a_missing_interpreter_gets_502_and_a_log_line(tmp_path):
+    cgidir = tmp_path / "cgi"
+    cgidir.mkdir()
+    script(cgidir, "broken.cgi", "print('Content-Type: text/plain\\n\\nnever')\n", "/nonexistent/python")
+    server = WsexecProcess("--cgidir", str(cgidir))
+    try:
+        answer = trio.run(raw_http, server.port, b"GET /broken.cgi HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    finally:
+        assert server.stop() == 0
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+    log = server.proc.stderr.read().decode()
+    assert "CGI /broken.cgi: cannot start: #! interpreter /nonexistent/python not found\n" in log
+    assert f"WARNING wsexec.server --cgidir {cgidir}: broken.cgi cannot start: " in log

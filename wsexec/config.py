@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Tuple
 from .http.syntax import is_token
 from .net.proxy import parse_trust
 from .net.tls import make_context
+from .proc.shebang import script_problem
 
 # Exit codes, as websocketd documents them.
 EXIT_BAD_COMMAND = 1
@@ -188,7 +189,8 @@ def validate_fronts(config: Config) -> None:
 
 def load(config: Config) -> Config:
     """validate(), then what needs the file system: the handler found and
-    executable, the directories resolved to real paths, the TLS files loaded.
+    executable (and its #! line, if any, naming an interpreter that is), the
+    directories resolved to real paths, the TLS files loaded.
     Returns the config with every path absolute."""
     config = validate(config)
     if config.ssl:
@@ -206,5 +208,8 @@ def load(config: Config) -> Config:
             resolved[name] = root
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
+        problem = script_problem(program)
+        if problem:  # it would fail on every connection: say why now
+            raise ConfigError(f"{config.command[0]}: {problem}", EXIT_BAD_COMMAND)
         resolved["command"] = (program,) + tuple(config.command[1:])
     return replace(config, **resolved)

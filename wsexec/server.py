@@ -31,6 +31,7 @@ from .net.listen import CannotListen, bind, describe, inetd_socket, open_listene
 from .net.streams import Socket, next_connection
 from .net.tls import NotTls
 from .proc.children import Handlers
+from .proc.shebang import SCAN_LIMIT, scan_directory
 from .registry import Registry
 
 logger = logging.getLogger("wsexec.server")
@@ -111,6 +112,7 @@ class Server:
 
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Serve until shut down; task_status gets the Server (with .addresses)."""
+    warn_bad_scripts(config)
     server = Server(config)
     listeners = open_listeners(config)
     try:
@@ -152,6 +154,23 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     if owned_unix:
         remove_unix(*owned_unix)
     logger.info("stopped")
+
+
+def warn_bad_scripts(config: Config) -> None:
+    """A warning for each executable directly in --dir or --cgidir whose #!
+    line names an interpreter that is missing or not executable (or ends in
+    a carriage return): each would fail on every request. At most SCAN_LIMIT
+    entries per directory are looked at (wsexec/proc/shebang.py), so a huge
+    directory does not hold up start-up; scripts in subdirectories, and the
+    rest, are judged only when a spawn fails."""
+    for option, root in (("--dir", config.dir), ("--cgidir", config.cgidir)):
+        if not root:
+            continue
+        problems, complete = scan_directory(root)
+        for name, problem in problems:
+            logger.warning("%s %s: %s cannot start: %s", option, root, name, problem)
+        if not complete:
+            logger.info("%s %s: only the first %d entries were checked for bad #! lines", option, root, SCAN_LIMIT)
 
 
 async def accept(server: Server, listener: socket.socket, nursery: trio.Nursery) -> None:
