@@ -137,6 +137,8 @@ def test_unix_socket_in_a_missing_directory(tmp_path):
     (b"#!/bin/sh\r\necho hi\r\n", CARRIAGE_RETURN),
     (b"#!/usr/bin/env python3\r\n", CARRIAGE_RETURN),  # env itself exists: the CR still breaks it
     (b"#!/bin/sh -e\r\n", CARRIAGE_RETURN),
+    (b"#!/nonexistent/sh\x0b-e\n", "#! interpreter /nonexistent/sh\\x0b-e not found"),  # only blanks separate
+    (b"#!/nonexistent/\xff\n", "#! interpreter /nonexistent/\\xff not found"),
     (b"#!/bin/sh\r", CARRIAGE_RETURN),  # one line, no newline
     (b"#!{not_executable}\n", "#! interpreter {not_executable} is not an executable file"),
     (b"#!{directory}\n", "#! interpreter {directory} is not an executable file"),

@@ -38,8 +38,9 @@ def interpreter_of(head: bytes) -> Tuple[Optional[bytes], Optional[str]]:
     # The kernel drops trailing spaces and tabs, but not a carriage return.
     if line.rstrip(b" \t").endswith(b"\r"):
         return None, CARRIAGE_RETURN
-    words = line.strip(b" \t").split(None, 1)
-    if not words:
+    # Only spaces and tabs separate the interpreter from its argument, as in the kernel.
+    words = line.strip(b" \t").replace(b"\t", b" ").split(b" ", 1)
+    if not words[0]:
         return None, NO_INTERPRETER
     interpreter = words[0]
     if newline < 0 and len(head) >= HEAD_SIZE and len(words) == 1 and not line.endswith((b" ", b"\t")):
@@ -48,7 +49,10 @@ def interpreter_of(head: bytes) -> Tuple[Optional[bytes], Optional[str]]:
 
 
 def shown(name: bytes) -> str:
-    return name.decode("utf-8", "backslashreplace")
+    """A file name for a log line or close reason: invalid UTF-8 and control
+    characters as \\xNN escapes."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in text)
 
 
 def interpreter_problem(head: bytes) -> Optional[str]:
