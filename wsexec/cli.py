@@ -7,10 +7,11 @@ import sys
 from typing import List, Optional, Sequence, Set
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .cli_fronts import front_options, front_settings
-from .config import LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
+from .config import DEFAULT_PORT, LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
 
 
 class Size(click.ParamType):
@@ -47,7 +48,7 @@ def split_list(value: str) -> tuple:
     "its stdout lines come back as messages, and the HTTP request reaches it as "
     "CGI environment variables.",
 )
-@click.option("--port", type=int, default=80, show_default=True, help="TCP port to listen on (0: any free port).")
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="TCP port to listen on (0: any free port).")
 @click.option("--address", multiple=True, metavar="HOST", help="Interface to listen on; repeat for several. Default: every interface, IPv4 and IPv6.")
 @click.option("--dir", "dir_", type=click.Path(file_okay=False), help="Serve every executable in DIR by URL path instead of one COMMAND.")
 @click.option("--binary", is_flag=True, help="Binary mode: stdout bytes go out as binary messages as read; client messages go to stdin raw.")
@@ -112,6 +113,7 @@ def command(
         command=tuple(command),
         dir=dir_,
         port=port,
+        port_defaulted=click.get_current_context().get_parameter_source("port") == ParameterSource.DEFAULT,
         addresses=tuple(address),
         binary=binary,
         maxforks=maxforks,

@@ -13,12 +13,15 @@ from .http.syntax import is_token
 from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
+from .proc.shebang import script_problem
 
 # Exit codes, as websocketd documents them.
 EXIT_BAD_COMMAND = 1
 EXIT_USAGE = 2
 EXIT_CANNOT_LISTEN = 3
 EXIT_BAD_COMBINATION = 4
+
+DEFAULT_PORT = 80
 
 LOG_LEVELS = ("debug", "trace", "access", "info", "error", "fatal", "none")
 
@@ -37,7 +40,11 @@ class ConfigError(Exception):
 class Config:
     command: Tuple[str, ...] = ()  # program and its arguments (command mode)
     dir: Optional[str] = None  # script directory (--dir mode), absolute
-    port: int = 80
+    port: int = DEFAULT_PORT
+    # --port was not given (the default is used): only for the hint in a
+    # cannot-listen message (wsexec/net/listen.py). The command line sets it
+    # from click's parameter source, so '--port 80' given is not defaulted.
+    port_defaulted: bool = False
     addresses: Tuple[str, ...] = ()  # empty: every interface, IPv4 and IPv6
     binary: bool = False
     maxforks: int = 0  # 0: unlimited
@@ -260,7 +267,8 @@ def check_log_file(path: str) -> str:
 
 def load(config: Config) -> Config:
     """validate(), then what needs the file system: the handler found and
-    executable, the directories resolved to real paths, the TLS files loaded.
+    executable (and its #! line, if any, naming an interpreter that is), the
+    directories resolved to real paths, the TLS files loaded.
     Returns the config with every path absolute."""
     config = validate(config)
     if config.ssl:
@@ -280,5 +288,8 @@ def load(config: Config) -> Config:
         resolved["log"] = check_log_file(config.log)
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
+        problem = script_problem(program)
+        if problem:  # it would fail on every connection: say why now
+            raise ConfigError(f"{config.command[0]}: {problem}", EXIT_BAD_COMMAND)
         resolved["command"] = (program,) + tuple(config.command[1:])
     return replace(config, **resolved)

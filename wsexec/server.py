@@ -28,10 +28,11 @@ from .http import response
 from .http.redirect import serve_redirects
 from .log import STREAMS, reopen, setup
 from .net.front import Fronts, open_front
-from .net.listen import bind, bind_unix, describe, inetd_socket, open_listeners, remove_unix
+from .net.listen import CannotListen, bind, bind_unix, describe, inetd_socket, open_listeners, remove_unix
 from .net.streams import Socket, next_connection
 from .net.tls import NotTls
 from .proc.children import Handlers
+from .proc.shebang import SCAN_LIMIT, scan_directory
 from .registry import Registry
 from .stats import Stats
 
@@ -124,15 +125,16 @@ class Server:
 
 async def serve(config: Config, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
     """Serve until shut down; task_status gets the Server (with .addresses)."""
+    warn_bad_scripts(config)
     listeners = open_listeners(config)
     redirects: List[socket.socket] = []
     control: List[socket.socket] = []
     try:
         if config.redirport is not None:
-            redirects = bind(config.addresses, config.redirport)
+            redirects = bind(config.addresses, config.redirport, "(--redirport)")
         if config.control is not None:
             control = bind_control(config)
-    except OSError:
+    except CannotListen:
         for listener in listeners + redirects:
             listener.close()
         raise
@@ -188,7 +190,7 @@ def bind_control(config: Config) -> List[socket.socket]:
     kind, host, port = parse_control(config.control)
     if kind == "unix":
         return [bind_unix(host, config.control_mode)]
-    return bind([host], port)
+    return bind([host], port, "(--control)")
 
 
 def control_url(listener: socket.socket) -> str:
@@ -198,6 +200,23 @@ def control_url(listener: socket.socket) -> str:
         return "unix:" + (name.decode() if isinstance(name, bytes) else name)
     host = f"[{name[0]}]" if ":" in name[0] else name[0]
     return f"http://{host}:{name[1]}"
+
+
+def warn_bad_scripts(config: Config) -> None:
+    """A warning for each executable directly in --dir or --cgidir whose #!
+    line names an interpreter that is missing or not executable (or ends in
+    a carriage return): each would fail on every request. At most SCAN_LIMIT
+    entries per directory are looked at (wsexec/proc/shebang.py), so a huge
+    directory does not hold up start-up; scripts in subdirectories, and the
+    rest, are judged only when a spawn fails."""
+    for option, root in (("--dir", config.dir), ("--cgidir", config.cgidir)):
+        if not root:
+            continue
+        problems, complete = scan_directory(root)
+        for name, problem in problems:
+            logger.warning("%s %s: %s cannot start: %s", option, root, name, problem)
+        if not complete:
+            logger.info("%s %s: only the first %d entries were checked for bad #! lines", option, root, SCAN_LIMIT)
 
 
 async def accept(server: Server, listener: socket.socket, nursery: trio.Nursery) -> None:
@@ -348,6 +367,9 @@ def run(config: Config) -> int:
         async with trio.open_nursery() as nursery:
             try:
                 server = await nursery.start(partial(serve, config))
+            except CannotListen as e:
+                logger.critical("%s", e)  # 'cannot listen on WHAT: WHY'
+                return EXIT_CANNOT_LISTEN
             except OSError as e:
                 logger.critical("cannot listen: %s", e)
                 return EXIT_CANNOT_LISTEN

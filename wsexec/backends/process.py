@@ -18,6 +18,7 @@ import trio
 from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.lines import LineSplitter, LineTooLong
+from ..proc.shebang import spawn_failure
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
 from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 
@@ -79,7 +80,8 @@ class ProcessFarEnd:
         try:
             self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish)
         except OSError as e:
-            self.not_started = f"cannot start handler: {e.strerror or e}"
+            # On failure only: a missing #! interpreter is named, not just ENOENT.
+            self.not_started = f"cannot start handler: {spawn_failure(info.route.program, e)}"
             info.log.error("%s (%s)", self.not_started, info.route.program)
             raise CannotStart(self.not_started) from None
         self.label = str(self.child.pid)

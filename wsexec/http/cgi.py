@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, AsyncIterator, List, Optional, Tuple
 import trio
 
 from ..proc.children import Child, stop
+from ..proc.shebang import spawn_failure
 from .syntax import is_token
 from .environment import to_env
 from .request import ClientGone
@@ -161,7 +162,7 @@ async def start(ex: "Exchange", found: Route) -> Optional["Session"]:
     try:
         child = await peer.handlers.spawn((found.program,), env, peer.log)
     except OSError as e:
-        peer.log.error("CGI %s: cannot start: %s", found.script_name, e.strerror or e)
+        peer.log.error("CGI %s: cannot start: %s", found.script_name, spawn_failure(found.program, e))
         await ex.error(502, "bad gateway: the CGI script could not be started")
         return None
     return Session(ex, found, child)

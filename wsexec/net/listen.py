@@ -11,12 +11,62 @@ import socket
 import stat
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from ..config import EXIT_CANNOT_LISTEN, Config, ConfigError
+from ..config import DEFAULT_PORT, EXIT_CANNOT_LISTEN, Config, ConfigError
 
 logger = logging.getLogger("wsexec.listen")
 
 BACKLOG = 4096
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3)
+
+
+# --- why a listener could not be opened ------------------------------------------------
+
+# The system's words for the usual errors, where strerror is unclear or capitalised.
+ERROR_WORDS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EADDRINUSE: "address already in use",
+    errno.EADDRNOTAVAIL: "address not available (no interface has it)",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTSOCK: "not a socket",
+}
+# Errors another port would avoid: only these get the hint about --port.
+PORT_ERRORS = (errno.EACCES, errno.EPERM, errno.EADDRINUSE)
+
+
+def error_words(error: OSError) -> str:
+    """An OSError as lower-case words, not its repr: wsexec's own text as
+    given, else the usual words for its errno, else its strerror."""
+    text = error.strerror or str(error)
+    if error.errno is not None and error.strerror == os.strerror(error.errno):
+        text = ERROR_WORDS.get(error.errno, text)
+    first = text.split(" ", 1)[0]
+    return text if first.isupper() else text[:1].lower() + text[1:]  # 'AF_UNIX path too long' stays
+
+
+def listen_message(target: str, error: OSError, default_port: bool = False) -> str:
+    """'cannot listen on TARGET: WHY', with a hint when --port was not given
+    and another port would help."""
+    hint = ""
+    if default_port and error.errno in PORT_ERRORS:
+        hint = f" (the default port is {DEFAULT_PORT}; use --port)"
+    return f"cannot listen on {target}: {error_words(error)}{hint}"
+
+
+class CannotListen(Exception):
+    """A listener could not be opened: what was being bound (an address and
+    port, a unix socket path, an inherited fd) and the error."""
+
+    def __init__(self, target: str, error: OSError, default_port: bool = False) -> None:
+        super().__init__(listen_message(target, error, default_port))
+        self.target = target
+        self.error = error
+
+
+def address_label(host: Optional[str], port: int) -> str:
+    """'127.0.0.1:80', '[::]:80' (host None: every interface)."""
+    host = "*" if host is None else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- systemd socket activation -----------------------------------------------------
@@ -43,13 +93,15 @@ def adopt(fds: Tuple[int, ...]) -> List[socket.socket]:
     """The inherited listening sockets, non-blocking and not inherited by handlers."""
     sockets = []
     for fd in fds:
+        target = f"inherited fd {fd}"
         try:
             sock = socket.socket(fileno=fd)
         except OSError as e:
-            raise OSError(e.errno, f"inherited fd {fd} is not a socket") from None
+            raise CannotListen(target, e) from None
         if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             sock.detach()
-            raise OSError(errno.EINVAL, f"inherited fd {fd} is not a listening stream socket (Accept=yes needs --inetd)")
+            raise CannotListen(target, OSError(
+                errno.EINVAL, "not a listening stream socket (Accept=yes needs --inetd)")) from None
         sock.set_inheritable(False)
         sock.setblocking(False)
         sockets.append(sock)
@@ -61,27 +113,32 @@ def adopt(fds: Tuple[int, ...]) -> List[socket.socket]:
 
 def bind_unix(path: str, mode: int) -> socket.socket:
     """Listen on path with the given permissions. A stale socket file (nothing
-    accepts on it) is replaced; a live one, or any other file, is refused."""
+    accepts on it) is replaced; a live one, or any other file, is refused.
+    Raises CannotListen."""
+    target = f"unix socket {path}"
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-        if socket_is_live(path):
-            raise OSError(errno.EADDRINUSE, f"{path} is in use by a running server")
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise OSError(errno.EEXIST, "the file exists and is not a socket")
+            if socket_is_live(path):
+                raise OSError(errno.EADDRINUSE, "in use by a running server")
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as e:
+        raise CannotListen(target, e) from None
     try:
         sock.bind(path)
         # Before listen(): nobody can connect until the permissions are right.
         os.chmod(path, mode)
         sock.listen(BACKLOG)
         sock.setblocking(False)
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        raise CannotListen(target, e) from None
     return sock
 
 
@@ -112,20 +169,27 @@ def remove_unix(path: str, inode: Optional[int]) -> None:
 # --- all listeners ---------------------------------------------------------------------
 
 
-def bind(hosts: Sequence[str], port: int, reuseport: bool = False) -> List[socket.socket]:
+def bind(hosts: Sequence[str], port: int, role: str = "", default_port: bool = False,
+         reuseport: bool = False) -> List[socket.socket]:
     """One listening socket per address (all interfaces, v4 and v6, if none given).
-    With port 0 every listener shares the first one's port. reuseport lets
-    several processes listen on the same address and port (the kernel
-    spreads connections among them)."""
+    With port 0 every listener shares the first one's port. Raises
+    CannotListen naming the address that failed (followed by role, e.g.
+    '(--redirport)'); default_port: --port was not given (for the hint).
+    reuseport lets several processes listen on the same address and port
+    (the kernel spreads connections among them)."""
     sockets: List[socket.socket] = []
+    suffix = f" {role}" if role else ""
+    target = ""
     try:
         for host in list(hosts) or [None]:
+            target = address_label(host, port)
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             seen = set()
             for family, type_, proto, _, addr in infos:
                 if (family, addr) in seen:
                     continue
                 seen.add((family, addr))
+                target = address_label(addr[0], addr[1])
                 sock = socket.socket(family, type_, proto)
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -135,20 +199,21 @@ def bind(hosts: Sequence[str], port: int, reuseport: bool = False) -> List[socke
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if port == 0 and len(sockets) > 1:
                     addr = (addr[0], sockets[0].getsockname()[1]) + tuple(addr[2:])
+                    target = address_label(addr[0], addr[1])
                 sock.bind(addr)
                 sock.listen(BACKLOG)
                 sock.setblocking(False)
-    except OSError:
+    except OSError as e:
         for sock in sockets:
             sock.close()
-        raise
+        raise CannotListen(target + suffix, e, default_port) from None
     return sockets
 
 
 def open_listeners(config: Config) -> List[socket.socket]:
     """Inherited sockets if systemd passed some; otherwise --unixsocket and/or
     TCP (--unixsocket alone listens on the unix socket only; add --address
-    to listen on TCP as well)."""
+    to listen on TCP as well). Raises CannotListen."""
     if config.listen_fds:
         return adopt(config.listen_fds)
     sockets: List[socket.socket] = []
@@ -156,8 +221,9 @@ def open_listeners(config: Config) -> List[socket.socket]:
         sockets.append(bind_unix(config.unixsocket, config.unixsocket_mode))
     try:
         if not config.unixsocket or config.addresses:
-            sockets += bind(config.addresses, config.port, config.reuseport)
-    except OSError:
+            sockets += bind(config.addresses, config.port, default_port=config.port_defaulted,
+                            reuseport=config.reuseport)
+    except CannotListen:
         for sock in sockets:
             sock.close()
         raise
