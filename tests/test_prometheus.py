@@ -27,10 +27,12 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import WsexecProcess, descendants, drain_output, readline_within, script
+from helpers import ROOT, WsexecProcess, descendants, drain_output, readline_within, script
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+EXAMPLE = ROOT / "examples" / "deploy" / "prometheus.yml"
 CONNECTIONS = 3
+TOKEN = "s3cret-t0ken"
 T = TypeVar("T")
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
@@ -64,6 +66,25 @@ def within(seconds: float, what: str, probe: Callable[[], Optional[T]], every: f
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {seconds} s (last error: {last!r})")
         time.sleep(every)
+
+
+def example_config(control: str, guarded_control: str) -> str:
+    """examples/deploy/prometheus.yml as it is, pointed at this test's two
+    control addresses, its token, and a 1 s scrape interval."""
+    text = EXAMPLE.read_text()
+    for old, new in (("scrape_interval: 15s", "scrape_interval: 1s\n  scrape_timeout: 1s"),
+                     ("'127.0.0.1:9180'", repr(control.split("//")[1])),
+                     ("'10.0.0.5:9180'", repr(guarded_control.split("//")[1])),
+                     ("credentials: TOKEN", f"credentials: {TOKEN}")):
+        assert old in text, f"{old!r} is no longer in {EXAMPLE}: update this test"
+        text = text.replace(old, new)
+    return text
+
+
+def test_the_example_config_is_valid() -> None:
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    check = subprocess.run([promtool, "check", "config", str(EXAMPLE)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def samples(exposition: str) -> Samples:
@@ -161,6 +182,7 @@ def test_prometheus_scrapes_wsexec_and_reads_the_counters_back(tmp_path: Path) -
 
     server = WsexecProcess("--control", "127.0.0.1:0", "--dir", str(handlers), "--staticdir", str(static))
     prometheus: Optional[subprocess.Popen] = None
+    guarded: Optional[WsexecProcess] = None
     try:
         line = readline_within(server.proc.stdout, 10).decode().strip()
         assert line.startswith("control on http://127.0.0.1:"), line
@@ -168,17 +190,17 @@ def test_prometheus_scrapes_wsexec_and_reads_the_counters_back(tmp_path: Path) -
         control_port = int(control.rsplit(":", 1)[1])
         stderr_tail = drain_output(server)
 
-        # --- Prometheus, scraping the control address every second -----------------
+        # the token-protected second job of the example: a second wsexec with --control-token
+        guarded = WsexecProcess("--control", "127.0.0.1:0", "--control-token", TOKEN, "--dir", str(handlers))
+        line = readline_within(guarded.proc.stdout, 10).decode().strip()
+        assert line.startswith("control on http://127.0.0.1:"), line
+        guarded_control = line.split()[-1]
+        drain_output(guarded)
+
+        # --- Prometheus, with the example's config scraping both every second -------
         prom_port = free_port()
         config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n"
-            "  - job_name: wsexec\n"
-            "    scrape_interval: 1s\n"
-            "    scrape_timeout: 1s\n"
-            "    metrics_path: /metrics\n"
-            f"    static_configs:\n      - targets: ['127.0.0.1:{control_port}']\n")
+        config.write_text(example_config(control, guarded_control))
         prom_log = open(tmp_path / "prometheus.log", "wb")
         prometheus = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -275,10 +297,20 @@ def test_prometheus_scrapes_wsexec_and_reads_the_counters_back(tmp_path: Path) -
         within(10, "the refusal through Prometheus", scraped('wsexec_refusals_total{status="404"}', 1))
         within(10, "the push through Prometheus", scraped("wsexec_pushes_total", 1))
         within(10, "the scrape is up", scraped('up{job="wsexec"}', 1))
-        targets = json.loads(http_get(f"{api}/api/v1/targets", 5)[1])["data"]["activeTargets"]
-        assert [t["health"] for t in targets] == ["up"], targets
         assert server.proc.poll() is None, stderr_tail()
+
+        # --- the token: Prometheus sends it (the example's authorization block) -----
+        within(10, "the token-protected job is up", scraped('up{job="wsexec-remote"}', 1))
+        assert http_get(f"{guarded_control}/metrics")[0] == 401
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{guarded_control}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}), timeout=5) as answer:
+            assert answer.status == 200
+        targets = json.loads(http_get(f"{api}/api/v1/targets", 5)[1])["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        assert health == {"wsexec": "up", "wsexec-remote": "up"}, targets
     finally:
         if prometheus is not None:
             stop(prometheus)
         server.stop()
+        if guarded is not None:
+            guarded.stop()
