@@ -8,6 +8,8 @@ that stops answering raises Stalled.
 from __future__ import annotations
 
 import asyncio
+import json
+import statistics
 import sys
 import time
 from collections import Counter
@@ -270,3 +272,179 @@ async def s6_pipelined(url: str, depth: int, duration: float, cap: int) -> dict:
         close(t)
     elapsed = time.perf_counter() - start
     return {"msgs": e.got, "rate": e.got / elapsed}
+
+
+# ---------------------------------------------------------------- control API (wsexec only)
+
+def control_address(control: str) -> tuple[str, int]:
+    """'http://127.0.0.1:PORT' (what wsexec prints) -> (host, port); 127.0.0.1 only."""
+    host, _, port = control.split("//", 1)[1].rstrip("/").rpartition(":")
+    if host != "127.0.0.1":
+        raise ValueError(f"control address {control!r} is not on 127.0.0.1")
+    return host, int(port)
+
+
+class HttpConn:
+    """One raw HTTP/1.1 keep-alive connection to the control API: write a
+    request, read its answer. Cheap on purpose (no HTTP library), every read
+    bounded by PATIENCE."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, control: str) -> "HttpConn":
+        host, port = control_address(control)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PATIENCE)
+        return cls(reader, writer)
+
+    async def answer(self) -> tuple[int, bytes]:
+        """Read one answer: (status, body). Bodies come with Content-Length
+        (wsexec's control API never chunks); 204 has none."""
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await asyncio.wait_for(self.reader.readexactly(length), PATIENCE) if length else b""
+        return status, body
+
+    async def get(self, target: str) -> tuple[int, bytes]:
+        self.writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return await self.answer()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _scrape_every(control: str, period: float, stop: asyncio.Event, took: list[float]) -> None:
+    """GET /metrics every `period` s until stop, as Prometheus would (first at
+    once); the seconds each took go to `took`."""
+    conn = await HttpConn.open(control)
+    try:
+        while not stop.is_set():
+            start = time.perf_counter()
+            status, body = await conn.get("/metrics")
+            took.append(time.perf_counter() - start)
+            if status != 200 or b"wsexec_connections_active" not in body:
+                raise ValueError(f"/metrics answered {status}: {body[:100]!r}")
+            try:
+                await asyncio.wait_for(stop.wait(), period)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        conn.close()
+
+
+async def s7_metrics_cost(url: str, control: str, conns: int, duration: float, cap: int,
+                          period: float = 1.0) -> dict:
+    """S2 exactly; with a control address (wsexec --control), /metrics is also
+    scraped every `period` s during the run, as a Prometheus would."""
+    if not control:
+        return await s2_concurrent(url, conns, duration, cap)
+    stop, took = asyncio.Event(), []
+    scraper = asyncio.ensure_future(_scrape_every(control, period, stop, took))
+    try:
+        figures = await s2_concurrent(url, conns, duration, cap)
+    finally:
+        stop.set()
+        await asyncio.wait_for(scraper, PATIENCE)  # re-raises a failed scrape
+    figures["scrapes"] = len(took)
+    # the wait for the answer under load, not the scrape's CPU (~1.5 ms idle, 100 sessions)
+    print(f"    {len(took)} scrape(s) of /metrics, answered in {statistics.mean(took) * 1e3:.1f} ms on average"
+          if took else "    no scrape of /metrics finished", file=sys.stderr)
+    return figures
+
+
+class Pushed(Echo):
+    """A held connection that records when each pushed message arrives.
+    A push's payload starts with its index (decimal, space padded)."""
+
+    arrivals: dict[int, float]  # push index -> perf_counter at arrival (shared by all)
+    wrong = 0                   # messages that were not the push expected here (shared)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expect: set[int] = set()   # indices pushed to this connection, not yet arrived
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY) and frame.fin:
+            now = time.perf_counter()
+            index = int(frame.get_payload_as_bytes()[:10])
+            if index in self.expect:
+                self.expect.discard(index)
+                Pushed.arrivals[index] = now
+            else:
+                Pushed.wrong += 1
+        super().on_ws_frame(transport, frame)
+
+
+async def s8_push(url: str, control: str, conns: int, http_conns: int, duration: float,
+                  cap: int, size: int = 32) -> dict:
+    """`conns` WebSocket connections held open; `http_conns` keep-alive HTTP
+    connections to the control API POST /connections/ID in turn over them,
+    each waiting for its 204 before the next push, for `duration` s (at most
+    `cap` pushes). Every push must arrive on the connection it was sent to;
+    the delivery time runs from writing the POST to the message's arrival."""
+    if not control:
+        raise ValueError("the push scenario needs wsexec --control")
+    Pushed.arrivals, Pushed.wrong = {}, 0
+    pairs = await asyncio.gather(*(asyncio.wait_for(
+        ws_connect(Pushed, url, max_frame_size=MAX_FRAME, websocket_handshake_timeout=PATIENCE), PATIENCE)
+        for _ in range(conns)))
+    https: list[HttpConn] = []
+    try:
+        https = [await HttpConn.open(control) for _ in range(http_conns)]
+        # Which id is which connection: wsexec lists each with the client's port.
+        by_port = {t.underlying_transport.get_extra_info("sockname")[1]: (t, e) for t, e in pairs}
+        deadline = time.perf_counter() + PATIENCE
+        while True:
+            status, body = await https[0].get("/connections")
+            listed = json.loads(body) if status == 200 else []
+            if len(listed) >= conns or time.perf_counter() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        targets = [(c["id"], by_port[c["remote_port"]][1]) for c in listed if c["remote_port"] in by_port]
+        if len(targets) != conns:
+            raise ValueError(f"GET /connections listed {len(targets)} of the {conns} connections")
+
+        sent_at: dict[int, float] = {}
+        budget = iter(range(cap))  # shared: bounds the total count
+        start = time.perf_counter()
+        stop_at = start + duration
+
+        async def pusher(conn: HttpConn) -> None:
+            for index in budget:
+                if time.perf_counter() >= stop_at:
+                    return
+                conn_id, listener = targets[index % len(targets)]
+                payload = f"{index:<10d}".encode().ljust(size, b".")
+                listener.expect.add(index)
+                sent_at[index] = time.perf_counter()
+                conn.writer.write(b"POST /connections/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (conn_id.encode(), len(payload), payload))
+                status, body = await conn.answer()
+                if status != 204:
+                    raise ValueError(f"push {index} answered {status}: {body[:100]!r}")
+
+        await asyncio.gather(*(pusher(c) for c in https))
+        answered = time.perf_counter() - start
+        # Every push must arrive: wait for the last ones, bounded.
+        wait_until = time.perf_counter() + PATIENCE
+        while len(Pushed.arrivals) < len(sent_at) and time.perf_counter() < wait_until:
+            await asyncio.sleep(0.01)
+        lost = len(sent_at) - len(Pushed.arrivals)
+        if lost:
+            raise Stalled(f"{lost} of {len(sent_at)} pushes did not arrive within {PATIENCE:.0f} s")
+        if Pushed.wrong:
+            raise ValueError(f"{Pushed.wrong} messages arrived on a connection they were not pushed to")
+        lat = [Pushed.arrivals[i] - sent_at[i] for i in sent_at]
+        return {"pushes": len(sent_at), "rate": len(sent_at) / answered,
+                "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
+    finally:
+        for conn in https:
+            conn.close()
+        for t, _ in pairs:
+            close(t)

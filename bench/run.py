@@ -211,19 +211,24 @@ class Figure:
 
 
 Sample = Callable[[int], dict]
+PAIR = ("websocketd", "wsexec")           # the comparison of the main table
+CONTROL = "wsexec --control"              # wsexec with `--control 127.0.0.1:0`
+CONTROL_PAIR = ("wsexec", CONTROL)        # wsexec alone: the cost and use of --control
 
 
 @dataclass
 class Scenario:
     sid: str
     title: str
-    run: Callable[[str, Sample], Awaitable[dict]]
+    run: Callable[[str, Sample, str], Awaitable[dict]]  # (ws url, sample, control url or "")
     figures: list[Figure]
     ceiling: float                 # s: whole-run time limit
     per_op: Optional[str] = None   # figure key counting operations, for CPU per op
     op: str = "msg"
     settle: float = 5.0            # s allowed for children to be reaped after the run
     stall_word: str = "timeout"    # what a ceiling hit is called in the table
+    pair: tuple[str, str] = PAIR   # the two servers compared (the ratio is the 2nd ÷ the 1st)
+    skip: tuple[str, ...] = ()     # servers of the pair not run (their cells read —)
 
     def all_figures(self) -> list[Figure]:
         extra = [Figure("cpu_us", f"server CPU µs/{self.op}", "lower")] if self.per_op else []
@@ -246,7 +251,7 @@ def make_scenarios(quick: bool) -> list[Scenario]:
     def s5(n: int) -> Scenario:
         return Scenario(
             f"S5{'ab'[n == held[1]]}", f"{n:,} held (opened {rate:.0f}/s, then one echo each)",
-            lambda url, sample: lg.s5_held(url, n, rate, sample),
+            lambda url, sample, _: lg.s5_held(url, n, rate, sample),
             [Figure("opened", "connections opened", "higher"),
              Figure("ok", "first echoes answered", "higher"),
              Figure("p99", "first-echo p99 ms", "lower", "{:.1f}"),
@@ -257,36 +262,67 @@ def make_scenarios(quick: bool) -> list[Scenario]:
 
     return [
         Scenario("S1", "1 connection, 32 B round trips",
-                 lambda url, _: lg.s1_single(url, dur, cap), list(lat),
+                 lambda url, _, __: lg.s1_single(url, dur, cap), list(lat),
                  ceiling=dur + 30, per_op="msgs"),
         Scenario("S2", "100 connections, 32 B round trips",
-                 lambda url, _: lg.s2_concurrent(url, 100, dur, cap), list(lat),
+                 lambda url, _, __: lg.s2_concurrent(url, 100, dur, cap), list(lat),
                  ceiling=dur + 60, per_op="msgs"),
         Scenario("S3a", "64 KiB round trips",
-                 lambda url, _: lg.s3_large(url, 64 * 1024, 5 if quick else 100), big,
+                 lambda url, _, __: lg.s3_large(url, 64 * 1024, 5 if quick else 100), big,
                  ceiling=60, stall_word="stalled"),
         Scenario("S3b", "1 MiB round trips",
-                 lambda url, _: lg.s3_large(url, 1024 * 1024, s3n), big,
+                 lambda url, _, __: lg.s3_large(url, 1024 * 1024, s3n), big,
                  ceiling=60, stall_word="stalled"),
         Scenario("S4", "connect + echo + close, 16 parallel",
-                 lambda url, _: lg.s4_conn_rate(url, 16, 0.5 if quick else dur, cap),
+                 lambda url, _, __: lg.s4_conn_rate(url, 16, 0.5 if quick else dur, cap),
                  [Figure("rate", "connections/s", "higher"), Figure("p50", "p50 ms", "lower", "{:.2f}"),
                   Figure("p99", "p99 ms", "lower", "{:.2f}"), Figure("errors", "failed sessions", "0")],
                  ceiling=dur + 60, per_op="conns", op="conn"),
         s5(held[0]),
         s5(held[1]),
         Scenario("S6", "1 connection, 1,000 pipelined",
-                 lambda url, _: lg.s6_pipelined(url, 1000, dur, cap),
+                 lambda url, _, __: lg.s6_pipelined(url, 1000, dur, cap),
                  [Figure("rate", "messages/s", "higher")],
                  ceiling=dur + 60, per_op="msgs"),
+        # wsexec alone (websocketd has no control API): the second table.
+        Scenario("S7", "S2 without and with --control (/metrics scraped every 1 s)",
+                 lambda url, _, control: lg.s7_metrics_cost(url, control, 100, dur, cap), list(lat),
+                 ceiling=dur + 60, per_op="msgs", pair=CONTROL_PAIR),
+        Scenario("S8", "pushes by id over 100 held connections, 4 keep-alive HTTP clients",
+                 lambda url, _, control: lg.s8_push(url, control, 100, 4, dur, cap),
+                 [Figure("rate", "pushes/s", "higher"), Figure("p50", "delivery p50 µs", "lower"),
+                  Figure("p99", "delivery p99 µs", "lower")],
+                 ceiling=dur + 60, per_op="pushes", op="push", stall_word="stalled",
+                 pair=CONTROL_PAIR, skip=("wsexec",)),
     ]
+
+
+def control_of(proc: subprocess.Popen, log: Path, offset: int) -> str:
+    """The control URL a wsexec started with --control printed (`control on
+    http://...`, right after its `listening on` lines), read from its log
+    past `offset` (the log is shared by runs); bounded."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if line.startswith("control on http://"):
+                        return line.split()[-1]
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise StartError(f"no `control on` line within 10 s: {log_tail(log)}")
+        time.sleep(0.05)
 
 
 def run_once(sc: Scenario, cmd: list[str], log: Path) -> dict[str, Value]:
     """One scenario on one freshly started server; status words on failure."""
     import loadgen as lg
+    offset = log.stat().st_size if log.exists() else 0
     proc, url = start_server(cmd, log)  # StartError goes to the caller
     try:
+        control = control_of(proc, log, offset) if "--control" in cmd else ""
         base = snapshot(proc.pid, pss=True)
 
         def sample(n: int) -> dict:
@@ -298,7 +334,7 @@ def run_once(sc: Scenario, cmd: list[str], log: Path) -> dict[str, Value]:
 
         status, client0 = None, _client_cpu()
         try:
-            figures: dict[str, Value] = asyncio.run(asyncio.wait_for(sc.run(url, sample), sc.ceiling))
+            figures: dict[str, Value] = asyncio.run(asyncio.wait_for(sc.run(url, sample, control), sc.ceiling))
         except lg.Stalled as exc:
             status, why = "stalled", str(exc)
         except TimeoutError:
@@ -331,6 +367,8 @@ def run_once(sc: Scenario, cmd: list[str], log: Path) -> dict[str, Value]:
 
 def cell(values: list[Value], fmt: str) -> str:
     """Median of the rounds; a status word if any round did not give a number."""
+    if not values:
+        return "—"  # not run: e.g. pushes without --control
     nums = [v for v in values if isinstance(v, (int, float))]
     if values and len(nums) == len(values):
         return fmt.format(statistics.median(nums))
@@ -351,6 +389,7 @@ def ratio(fig: Figure, a: list[Value], b: list[Value]) -> str:
 
 def table(scenarios: list[Scenario], results: dict, names: tuple[str, str]) -> str:
     a, b = names
+    scenarios = [sc for sc in scenarios if sc.pair == names]
     lines = [f"| scenario | figure | better | {a} | {b} | {b} ÷ {a} |",
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for sc in scenarios:
@@ -363,7 +402,7 @@ def table(scenarios: list[Scenario], results: dict, names: tuple[str, str]) -> s
     return "\n".join(lines)
 
 
-def per_round(scenarios: list[Scenario], results: dict, names: tuple[str, str]) -> str:
+def per_round(scenarios: list[Scenario], results: dict) -> str:
     """Every round's value, so a reader can judge the noise behind a median."""
     def show(v: Value, fmt: str) -> str:
         return fmt.format(v) if isinstance(v, (int, float)) else v
@@ -371,7 +410,8 @@ def per_round(scenarios: list[Scenario], results: dict, names: tuple[str, str]) 
     for sc in scenarios:
         for fig in sc.all_figures():
             runs = "; ".join(f"{n} " + ", ".join(show(r.get(fig.key, "fail"), fig.fmt)
-                                                   for r in results[sc.sid][n]) for n in names)
+                                                   for r in results[sc.sid][n])
+                             for n in sc.pair if n not in sc.skip)
             lines.append(f"- {sc.sid} {fig.label}: {runs}")
     return "\n".join(lines)
 
@@ -415,11 +455,15 @@ def environment(args: argparse.Namespace, load_before: str) -> str:
     ])
 
 
-NOTE = """Medians over the rounds. The last column is always wsexec ÷ websocketd:
-above 1 is better for wsexec where "better" is higher, and worse where "better"
-is lower (latency, CPU, memory, fds). "= 0" figures must be zero on both.
-A cell reads fail / stalled / timeout when a round did not give a number
-(with how many rounds did so); CPU figures count the server and its `cat` children."""
+NOTE = """Medians over the rounds. In the first table the last column is wsexec ÷
+websocketd: above 1 is better for wsexec where "better" is higher, and worse
+where "better" is lower (latency, CPU, memory, fds). "= 0" figures must be zero
+on both. The second table is wsexec alone (websocketd has no control API):
+wsexec with `--control 127.0.0.1:0` against the same wsexec without it, the
+ratio being with ÷ without; S8 (pushes) needs --control, so its "without"
+cells read —. A cell reads fail / stalled / timeout when a round did not give
+a number (with how many rounds did so); CPU figures count the server and its
+`cat` children."""
 
 
 def kept_findings(out: Path) -> str:
@@ -454,15 +498,15 @@ def main() -> int:
     if not scenarios:
         ap.error(f"no scenario matches {args.scenarios!r}")
 
-    servers = {"websocketd": shlex.split(args.websocketd_cmd), "wsexec": shlex.split(args.wsexec_cmd)}
-    names = ("websocketd", "wsexec")
-    results: dict = {s.sid: {n: [] for n in names} for s in scenarios}
+    servers = {"websocketd": shlex.split(args.websocketd_cmd), "wsexec": shlex.split(args.wsexec_cmd),
+               CONTROL: shlex.split(args.wsexec_cmd) + ["--control", "127.0.0.1:0"]}
+    results: dict = {s.sid: {n: [] for n in s.pair} for s in scenarios}
     broken: set[str] = set()  # a command that failed to start once is not retried
     logdir = Path(tempfile.mkdtemp(prefix="wsexec-bench-"))
     started, load_before = time.monotonic(), loadavg()
     for sc in scenarios:
         for rnd in range(1, args.rounds + 1):
-            for name in names:  # A B A B ...
+            for name in (n for n in sc.pair if n not in sc.skip):  # A B A B ...
                 print(f"[{time.monotonic() - started:6.1f}s] {sc.sid} round {rnd} {name}",
                       file=sys.stderr, flush=True)
                 res: dict[str, Value] = {"left": "fail"}
@@ -474,9 +518,10 @@ def main() -> int:
                         broken.add(name)
                 results[sc.sid][name].append(res)
 
-    report = table(scenarios, results, names)
+    report = "\n\n".join(table(scenarios, results, pair) for pair in (PAIR, CONTROL_PAIR)
+                         if any(sc.pair == pair for sc in scenarios))
     print(report)
-    print("\nratio column: wsexec ÷ websocketd (see 'better')")
+    print("\nratio column: the right-hand server ÷ the left-hand one (see 'better')")
     if args.keep_logs or any(isinstance(v, str) for per in results.values()
                              for runs in per.values() for r in runs for v in r.values()):
         print(f"server logs kept in {logdir}", file=sys.stderr)
@@ -485,7 +530,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# wsexec vs websocketd benchmark\n\n{environment(args, load_before)}\n\n"
                         f"{report}\n\n{NOTE}\n\n## Per-round values (in run order)\n\n"
-                        f"{per_round(scenarios, results, names)}\n{kept_findings(args.out)}")
+                        f"{per_round(scenarios, results)}\n{kept_findings(args.out)}")
     print(f"wrote {args.out} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6"]
+SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "S7", "S8"]
 
 
 def table_rows(text: str) -> dict[str, list[list[str]]]:
@@ -27,16 +27,25 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| websocketd | wsexec |" in proc.stdout
+    # wsexec alone (websocketd has no control API): without and with --control
+    assert "| wsexec | wsexec --control | wsexec --control ÷ wsexec |" in proc.stdout
     rows = table_rows(proc.stdout)
     assert sorted(rows) == sorted(SCENARIOS), proc.stdout
     for sid, cells in rows.items():
         for row in cells:
             # scenario, figure, better, websocketd, wsexec, ratio: both servers have a cell
             assert len(row) == 6 and row[3] and row[4], (sid, row)
+    # the control-API scenarios ran: numbers, not fail / stalled (S8 runs only with --control)
+    s7 = {row[1]: row for row in rows["S7"]}
+    assert float(s7["messages/s"][3]) > 0 and float(s7["messages/s"][4]) > 0, proc.stdout
+    s8 = {row[1]: row for row in rows["S8"]}
+    assert s8["pushes/s"][3] == "—" and float(s8["pushes/s"][4]) > 0, proc.stdout
+    assert s8["children left after"][4] == "0", proc.stdout
 
     written = out.read_text()
     assert "| scenario | figure | better | websocketd | wsexec |" in written
     assert sorted(table_rows(written)) == sorted(SCENARIOS)
+    assert "| wsexec | wsexec --control |" in written
     for word in ("nproc", "kernel", "python", "trio", "websocketd", "wsexec"):
         assert word in written
 
