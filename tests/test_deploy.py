@@ -266,3 +266,68 @@ def test_reuseport_shares_one_port_between_processes(tmp_path):
             assert first.stop() == 0
             trio.run(connect_many, 5)
             assert served[-5:] == ["second"] * 5
+
+
+def unit_command(unit: str) -> List[str]:
+    """ExecStart= of a unit file in examples/deploy, split into arguments."""
+    import shlex
+
+    text = (ROOT / "examples" / "deploy" / unit).read_text()
+    lines = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].split("=", 1)[1])
+
+
+async def unix_get(path: str, target: str) -> bytes:
+    with trio.fail_after(5):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: wsexec\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    return data
+
+
+def test_the_systemd_template_unit_runs_instances_on_one_port(tmp_path):
+    """examples/deploy/wsexec@.service's ExecStart, as systemd would run
+    wsexec@1 and wsexec@2 (%i filled in, /run/wsexec/%i made as
+    RuntimeDirectory= makes it; here under tmp_path, on a free port): both
+    start on the one port, each with its own control socket, and each
+    serves its share of the connections."""
+    argv = unit_command("wsexec@.service")
+    assert argv[0] == "/usr/local/bin/wsexec" and "--reuseport" in argv
+    handler = script(tmp_path, "who.py", WHO)
+    port = free_port("127.0.0.1")
+    run = tmp_path / "run"
+
+    def instance_args(i: int) -> List[str]:
+        (run / "wsexec" / str(i)).mkdir(parents=True)
+        args = [a.replace("%i", str(i)).replace("/run/", f"{run}/") for a in argv[1:]]
+        args[args.index("--port") + 1] = str(port)
+        assert args[-1] == "/usr/local/lib/wsexec/handler"
+        return args[:-1] + [str(handler)]
+
+    with WsexecProcess(*instance_args(1)) as one, WsexecProcess(*instance_args(2)) as two:
+        drain_output(one), drain_output(two)
+        assert one.port == two.port == port
+        sockets = [one.control_url, two.control_url]
+        assert sockets == [f"unix:{run}/wsexec/1/control.sock", f"unix:{run}/wsexec/2/control.sock"]
+        pids = {one.proc.pid: 1, two.proc.pid: 2}
+
+        async def check():
+            served = []
+            with trio.fail_after(60):
+                for _ in range(30):
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+                        control, _, ppid = (await ws.get_message()).split()
+                        served.append(pids[int(ppid)])
+                        assert control == sockets[pids[int(ppid)] - 1]  # WSEXEC_CONTROL names its own
+                for path in sockets:
+                    assert (await unix_get(path[5:], "/readyz")).startswith(b"HTTP/1.1 200 ")
+            return served
+
+        served = trio.run(check)
+        print("template unit: 30 connections served by instance", {i: served.count(i) for i in (1, 2)},
+              file=sys.stderr)
+        assert set(served) == {1, 2}, served
