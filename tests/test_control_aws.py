@@ -115,3 +115,26 @@ async def test_boto3_unknown_connection_is_gone(tmp_path):
         assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
         assert raised.value.response["Error"]["Code"] == "GoneException"
         assert "nosuchconnection" in raised.value.response["Error"]["Message"]
+
+
+@trio_test(30)
+async def test_boto3_with_a_stage_in_the_endpoint(tmp_path):
+    """Code written for AWS is given https://API.execute-api.REGION.amazonaws.com/STAGE:
+    the SDK then asks for /STAGE/@connections/ID."""
+    handler = script(tmp_path, "id.py", HANDLER)
+    async with serving(make_config(handler, control="127.0.0.1:0")) as (state, url):
+        client = await in_thread(management_client, state.shared.control_url + "/production")
+        async with open_websocket_url(url + "/staged") as ws:
+            with trio.fail_after(10):
+                conn_id = await ws.get_message()
+            await in_thread(client.post_to_connection, ConnectionId=conn_id, Data=b"staged hello")
+            with trio.fail_after(5):
+                assert await ws.get_message() == "staged hello"
+            info = await in_thread(client.get_connection, ConnectionId=conn_id)
+            assert info["Identity"]["SourceIp"] == "127.0.0.1"
+            await in_thread(client.delete_connection, ConnectionId=conn_id)
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+            assert closed.value.reason.code == 1000
+        assert await gone(client, "get_connection", ConnectionId="nosuchconnection")
