@@ -111,7 +111,9 @@ def upgrade_request(path: str = "/", extra: str = "", host: str = "127.0.0.1") -
 
 
 class WsexecProcess:
-    """`python -m wsexec` as a real process; reads its `listening on` line."""
+    """`python -m wsexec` as a real process; reads its `listening on` line, and
+    with --control the `control on` line after it (control_url, and
+    control_port for a TCP control address)."""
 
     def __init__(self, *args: str, cwd: Path = ROOT, env: Optional[dict] = None, timeout: float = 10,
                  prefix: Tuple[str, ...] = ()) -> None:
@@ -128,6 +130,27 @@ class WsexecProcess:
             raise AssertionError(f"no listening line: {line!r} {self.proc.stderr.read()!r}")
         self.url = match.group(1).decode()
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.control_url = ""
+        self.control_port = 0
+        if "--control" in args:
+            self._read_control_line(timeout)
+
+    def _read_control_line(self, timeout: float) -> None:
+        """Skip any further `listening on` lines up to `control on URL`."""
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = readline_within(self.proc.stdout, deadline - time.monotonic())
+            match = re.match(rb"control on (\S+)$", line.strip())
+            if match:
+                self.control_url = match.group(1).decode()
+                if self.control_url.startswith("http://"):
+                    self.control_port = int(self.control_url.rsplit(":", 1)[1])
+                return
+            if not line.startswith(b"listening on "):
+                break
+        self.stop()
+        raise AssertionError(f"no control line: {line!r} {self.proc.stderr.read()!r}")
 
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:

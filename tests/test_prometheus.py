@@ -27,7 +27,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import ROOT, WsexecProcess, descendants, drain_output, readline_within, script
+from helpers import ROOT, WsexecProcess, descendants, drain_output, script
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 EXAMPLE = ROOT / "examples" / "deploy" / "prometheus.yml"
@@ -184,17 +184,16 @@ def test_prometheus_scrapes_wsexec_and_reads_the_counters_back(tmp_path: Path) -
     prometheus: Optional[subprocess.Popen] = None
     guarded: Optional[WsexecProcess] = None
     try:
-        line = readline_within(server.proc.stdout, 10).decode().strip()
-        assert line.startswith("control on http://127.0.0.1:"), line
-        control = line.split()[-1]
-        control_port = int(control.rsplit(":", 1)[1])
+        # WsexecProcess has read the `control on` line
+        control = server.control_url
+        assert control.startswith("http://127.0.0.1:"), control
+        control_port = server.control_port
         stderr_tail = drain_output(server)
 
         # the token-protected second job of the example: a second wsexec with --control-token
         guarded = WsexecProcess("--control", "127.0.0.1:0", "--control-token", TOKEN, "--dir", str(handlers))
-        line = readline_within(guarded.proc.stdout, 10).decode().strip()
-        assert line.startswith("control on http://127.0.0.1:"), line
-        guarded_control = line.split()[-1]
+        guarded_control = guarded.control_url
+        assert guarded_control.startswith("http://127.0.0.1:"), guarded_control
         drain_output(guarded)
 
         # --- Prometheus, with the example's config scraping both every second -------

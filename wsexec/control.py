@@ -10,7 +10,7 @@ HTTP/1.1 with keep-alive; answers and errors are JSON.
     POST   /connections/ID              the body to that client as one message (204)
     DELETE /connections/ID[?code=N&reason=TEXT]   close it (204)
     POST   /broadcast[?path=PREFIX]     the body to every matching client ({"sent": N})
-    POST|GET|DELETE /@connections/ID    the same, as AWS API Gateway's management API
+    POST|GET|DELETE [/STAGE]/@connections/ID   the same, as AWS API Gateway's management API
     GET    /metrics                     Prometheus text exposition (wsexec/metrics.py)
     GET    /healthz, /readyz            liveness; readiness (503 while draining or --maxforks is full)
 """
@@ -47,6 +47,7 @@ from .websocket import BINARY, TEXT, is_utf8
 logger = logging.getLogger("wsexec.control")
 
 ID = re.compile(r"[0-9A-Za-z]{1,64}")
+STAGED = re.compile(r"/[^/@]+(/@connections/.*)", re.S)  # /STAGE/@connections/ID
 SMALL_BODY = 64 * 1024  # most a request that carries no message may send
 OPEN = ("/healthz", "/readyz")  # answered without the token: load balancers and probes
 
@@ -69,6 +70,10 @@ def route(method: str, path: str) -> Route:
         return Route(fixed[path]) if method in ("GET", "HEAD") else Route("error", status=405, allow="GET, HEAD")
     if path == "/broadcast":
         return Route("broadcast") if method == "POST" else Route("error", status=405, allow="POST")
+    # AWS SDKs are given the API's URL with its stage (https://ID.execute-api.REGION.amazonaws.com/STAGE)
+    staged = STAGED.fullmatch(path)
+    if staged:
+        path = staged.group(1)
     for prefix, kind in (("/connections/", ""), ("/@connections/", "aws-")):
         if path.startswith(prefix):
             conn_id = path[len(prefix):]
