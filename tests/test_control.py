@@ -48,6 +48,8 @@ ECHO = """
     ("GET", "/readyz", Route("readyz")),
     ("GET", "/", Route("error", status=404)),
     ("GET", "/connections/abc/extra", Route("error", status=400)),
+    ("GET", "/@connections/L0SM9cOFvHcCIhw=", Route("aws-gone", "L0SM9cOFvHcCIhw=")),  # an AWS-made id: gone
+    ("POST", "/production/@connections/Xy9", Route("aws-push", "Xy9")),  # a stage in the SDK's endpoint
 ])
 def test_control_routes(method, path, expected):
     assert route(method, path) == expected

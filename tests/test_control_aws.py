@@ -138,3 +138,20 @@ async def test_boto3_with_a_stage_in_the_endpoint(tmp_path):
                     await ws.get_message()
             assert closed.value.reason.code == 1000
         assert await gone(client, "get_connection", ConnectionId="nosuchconnection")
+
+
+@trio_test(30)
+async def test_boto3_errors_have_their_aws_names(tmp_path):
+    """AWS-made ids are gone, not malformed; an oversized push is PayloadTooLargeException."""
+    handler = script(tmp_path, "id.py", HANDLER)
+    async with serving(make_config(handler, control="127.0.0.1:0", maxmessage=1024)) as (state, url):
+        client = await in_thread(management_client, state.shared.control_url)
+        assert await gone(client, "get_connection", ConnectionId="L0SM9cOFvHcCIhw=")
+        assert await gone(client, "post_to_connection", ConnectionId="L0SM9cOFvHcCIhw=", Data=b"x")
+        async with open_websocket_url(url + "/big") as ws:
+            with trio.fail_after(10):
+                conn_id = await ws.get_message()
+            with pytest.raises(client.exceptions.PayloadTooLargeException) as raised:
+                await in_thread(client.post_to_connection, ConnectionId=conn_id, Data=b"x" * 2048)
+            assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+            assert "1024" in raised.value.response["Error"]["Message"]

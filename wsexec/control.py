@@ -78,7 +78,8 @@ def route(method: str, path: str) -> Route:
         if path.startswith(prefix):
             conn_id = path[len(prefix):]
             if not ID.fullmatch(conn_id):
-                return Route("error", status=400)
+                # an id wsexec never gives out: AWS clients are told it is gone
+                return Route("aws-gone", conn_id) if kind else Route("error", status=400)
             action = {"GET": "get", "HEAD": "get", "POST": "push", "DELETE": "close"}.get(method)
             if action is None:
                 return Route("error", status=405, allow="GET, HEAD, POST, DELETE")
@@ -162,6 +163,22 @@ def error(status: int, message: str, headers: Tuple[Tuple[str, str], ...] = ()) 
 def gone(conn_id: str) -> Answer:
     """An id that is not open, as AWS answers it: botocore raises GoneException."""
     return Answer(410, {"message": f"connection {conn_id} is gone"}, (("x-amzn-ErrorType", "GoneException"),))
+
+
+# The error names AWS SDKs raise, by status (API Gateway management API).
+AWS_ERRORS = {400: "BadRequestException", 401: "ForbiddenException", 403: "ForbiddenException",
+              404: "GoneException", 410: "GoneException", 411: "BadRequestException",
+              413: "PayloadTooLargeException", 503: "LimitExceededException"}
+
+
+def as_aws(answer: Answer) -> Answer:
+    """An error on an AWS route as AWS sends it: {"message"} and
+    x-amzn-ErrorType, which botocore turns into the named exception."""
+    if any(name.lower() == "x-amzn-errortype" for name, _ in answer.headers):
+        return answer
+    message = json.loads(answer.body).get("error", "") if answer.body else ""
+    kind = AWS_ERRORS.get(answer.status, "BadRequestException")
+    return Answer(answer.status, {"message": message}, answer.headers + (("x-amzn-ErrorType", kind),))
 
 
 class Control:
@@ -249,6 +266,8 @@ class Control:
         else:
             body = await self.read_body(reader, length)
             answer = await self.act(found, request, body)
+        if found.action.startswith("aws-") and answer.status >= 400:
+            answer = as_aws(answer)
         logger.log(ACCESS if answer.status < 400 else logging.INFO, "control %s:%d %s %s %d",
                    request.remote[0], request.remote[1], request.method, request.target, answer.status)
         await self.send(stream, answer, keep, head_only=request.method == "HEAD")
@@ -306,6 +325,8 @@ class Control:
             return Answer(200, [describe(s) for s in self.registry if s.target.startswith(prefix)])
         if action == "broadcast":
             return self.broadcast(request, body)
+        if action == "aws-gone":
+            return gone(found.conn_id)
         session = self.registry.get(found.conn_id)
         aws = action.startswith("aws-")
         if session is None:
