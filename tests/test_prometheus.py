@@ -287,14 +287,14 @@ def test_prometheus_scrapes_wsexec_and_reads_the_counters_back(tmp_path: Path) -
             return probe
 
         result = within(60, f"Prometheus showing wsexec_connections_total {CONNECTIONS}",
-                        scraped('wsexec_connections_total{code="1000"}', CONNECTIONS))
+                        scraped('wsexec_connections_total{code="1000",job="wsexec"}', CONNECTIONS))
         assert len(result) == 1
         assert result[0]["metric"]["job"] == "wsexec"
         assert result[0]["metric"]["instance"] == f"127.0.0.1:{control_port}"
         assert float(query("sum(wsexec_connections_total)")[0]["value"][1]) == CONNECTIONS
-        within(10, "handler exits through Prometheus", scraped('wsexec_handler_exits_total{status="0"}', CONNECTIONS))
-        within(10, "the refusal through Prometheus", scraped('wsexec_refusals_total{status="404"}', 1))
-        within(10, "the push through Prometheus", scraped("wsexec_pushes_total", 1))
+        within(10, "handler exits through Prometheus", scraped('wsexec_handler_exits_total{status="0",job="wsexec"}', CONNECTIONS))
+        within(10, "the refusal through Prometheus", scraped('wsexec_refusals_total{status="404",job="wsexec"}', 1))
+        within(10, "the push through Prometheus", scraped('wsexec_pushes_total{job="wsexec"}', 1))
         within(10, "the scrape is up", scraped('up{job="wsexec"}', 1))
         assert server.proc.poll() is None, stderr_tail()
 

@@ -32,7 +32,7 @@ class Collector:
         messages.add_metric(["in"], stats.messages_in + sum(s.messages_in for s in sessions))
         messages.add_metric(["out"], stats.messages_out + sum(s.messages_out for s in sessions))
         yield messages
-        octets = CounterMetricFamily("wsexec_bytes", "Bytes on WebSocket connections, by direction.", labels=["direction"])
+        octets = CounterMetricFamily("wsexec_bytes", "Bytes on WebSocket connections as on the wire (frames included), by direction.", labels=["direction"])
         octets.add_metric(["in"], stats.bytes_in + sum(s.ws.bytes_in for s in sessions))
         octets.add_metric(["out"], stats.bytes_out + sum(s.ws.bytes_out for s in sessions))
         yield octets

@@ -19,10 +19,11 @@ START_BUCKETS: Tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 class Stats:
     def __init__(self) -> None:
-        self.closed = Counter()  # close code sent (1006: none) -> connections ended
-        self.refusals = Counter()  # HTTP status -> upgrade requests refused
-        self.http = Counter()  # HTTP status -> plain HTTP requests answered
-        self.exits = Counter()  # "0", "3", "SIGKILL", ... -> handlers ended
+        # The usual label values start at 0, so rate() works before the first event.
+        self.closed = Counter({1000: 0, 1001: 0, 1006: 0, 1011: 0})  # close code sent (1006: none) -> connections
+        self.refusals = Counter({404: 0, 429: 0})  # HTTP status -> requests refused before any handler ran
+        self.http = Counter({200: 0, 404: 0})  # HTTP status -> plain HTTP requests answered
+        self.exits = Counter({"0": 0})  # "0", "3", "SIGKILL", ... -> handlers ended
         self.messages_in = 0  # of connections that ended (live ones are added at scrape time)
         self.messages_out = 0
         self.bytes_in = 0
