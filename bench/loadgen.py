@@ -337,7 +337,7 @@ async def _scrape_every(control: str, period: float, stop: asyncio.Event, took: 
         conn.close()
 
 
-async def s7_metrics_cost(url: str, control: str, conns: int, duration: float, cap: int,
+async def c1_metrics_cost(url: str, control: str, conns: int, duration: float, cap: int,
                           period: float = 1.0) -> dict:
     """S2 exactly; with a control address (wsexec --control), /metrics is also
     scraped every `period` s during the run, as a Prometheus would."""
@@ -380,7 +380,7 @@ class Pushed(Echo):
         super().on_ws_frame(transport, frame)
 
 
-async def s8_push(url: str, control: str, conns: int, http_conns: int, duration: float,
+async def c2_push(url: str, control: str, conns: int, http_conns: int, duration: float,
                   cap: int, size: int = 32) -> dict:
     """`conns` WebSocket connections held open; `http_conns` keep-alive HTTP
     connections to the control API POST /connections/ID in turn over them,

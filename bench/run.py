@@ -285,11 +285,11 @@ def make_scenarios(quick: bool) -> list[Scenario]:
                  [Figure("rate", "messages/s", "higher")],
                  ceiling=dur + 60, per_op="msgs"),
         # wsexec alone (websocketd has no control API): the second table.
-        Scenario("S7", "S2 without and with --control (/metrics scraped every 1 s)",
-                 lambda url, _, control: lg.s7_metrics_cost(url, control, 100, dur, cap), list(lat),
+        Scenario("C1", "S2 without and with --control (/metrics scraped every 1 s)",
+                 lambda url, _, control: lg.c1_metrics_cost(url, control, 100, dur, cap), list(lat),
                  ceiling=dur + 60, per_op="msgs", pair=CONTROL_PAIR),
-        Scenario("S8", "pushes by id over 100 held connections, 4 keep-alive HTTP clients",
-                 lambda url, _, control: lg.s8_push(url, control, 100, 4, dur, cap),
+        Scenario("C2", "pushes by id over 100 held connections, 4 keep-alive HTTP clients",
+                 lambda url, _, control: lg.c2_push(url, control, 100, 4, dur, cap),
                  [Figure("rate", "pushes/s", "higher"), Figure("p50", "delivery p50 µs", "lower"),
                   Figure("p99", "delivery p99 µs", "lower")],
                  ceiling=dur + 60, per_op="pushes", op="push", stall_word="stalled",
@@ -460,7 +460,7 @@ websocketd: above 1 is better for wsexec where "better" is higher, and worse
 where "better" is lower (latency, CPU, memory, fds). "= 0" figures must be zero
 on both. The second table is wsexec alone (websocketd has no control API):
 wsexec with `--control 127.0.0.1:0` against the same wsexec without it, the
-ratio being with ÷ without; S8 (pushes) needs --control, so its "without"
+ratio being with ÷ without; C2 (pushes) needs --control, so its "without"
 cells read —. A cell reads fail / stalled / timeout when a round did not give
 a number (with how many rounds did so); CPU figures count the server and its
 `cat` children."""

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "S7", "S8"]
+SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "C1", "C2"]
 
 
 def table_rows(text: str) -> dict[str, list[list[str]]]:
     """Scenario id -> the cells of its table rows."""
     rows: dict[str, list[list[str]]] = {}
     for line in text.splitlines():
-        m = re.match(r"\| (S\d[ab]?) ", line)
+        m = re.match(r"\| ([SC]\d[ab]?) ", line)
         if m:
             rows.setdefault(m.group(1), []).append([c.strip() for c in line.strip("|").split("|")])
     return rows
@@ -35,12 +35,12 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
         for row in cells:
             # scenario, figure, better, websocketd, wsexec, ratio: both servers have a cell
             assert len(row) == 6 and row[3] and row[4], (sid, row)
-    # the control-API scenarios ran: numbers, not fail / stalled (S8 runs only with --control)
-    s7 = {row[1]: row for row in rows["S7"]}
-    assert float(s7["messages/s"][3]) > 0 and float(s7["messages/s"][4]) > 0, proc.stdout
-    s8 = {row[1]: row for row in rows["S8"]}
-    assert s8["pushes/s"][3] == "—" and float(s8["pushes/s"][4]) > 0, proc.stdout
-    assert s8["children left after"][4] == "0", proc.stdout
+    # the control-API scenarios ran: numbers, not fail / stalled (C2 runs only with --control)
+    c1 = {row[1]: row for row in rows["C1"]}
+    assert float(c1["messages/s"][3]) > 0 and float(c1["messages/s"][4]) > 0, proc.stdout
+    c2 = {row[1]: row for row in rows["C2"]}
+    assert c2["pushes/s"][3] == "—" and float(c2["pushes/s"][4]) > 0, proc.stdout
+    assert c2["children left after"][4] == "0", proc.stdout
 
     written = out.read_text()
     assert "| scenario | figure | better | websocketd | wsexec |" in written
