@@ -10,20 +10,8 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .cli_fronts import front_options, front_settings
+from .cli_fronts import Size, front_options, front_settings
 from .config import DEFAULT_PORT, LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
-
-
-class Size(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
 
 
 class HeaderLine(click.ParamType):

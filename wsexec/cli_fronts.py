@@ -9,7 +9,20 @@ from typing import Any, Callable, Dict
 
 import click
 
+from .config import parse_size
 from .net.listen import activated_fds, forget_activation
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class OctalMode(click.ParamType):
@@ -38,6 +51,12 @@ OPTIONS = [
     click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR", help="Believe Forwarded and X-Forwarded-For/-Proto/-Host from this address or network ('unix': unix socket peers) for REMOTE_ADDR, REMOTE_PORT, HTTPS and SERVER_NAME; repeatable."),
     click.option("--proxy-protocol", is_flag=True, help="Every connection starts with a PROXY protocol v1 or v2 header (haproxy send-proxy, stunnel protocol = proxy); without one it is refused."),
     click.option("--inetd", is_flag=True, help="Serve the one connection on stdin/stdout, then exit (inetd, xinetd, systemd Accept=yes)."),
+    click.option("--shared", is_flag=True, help="Run COMMAND (or each --dir script) once for all its clients: every client message goes to its stdin, every line it prints to every client."),
+    click.option("--tagged", is_flag=True, help="With --shared: the process talks to clients one by one: '+ID<TAB>ENV', 'ID<TAB>MESSAGE' and '-ID<TAB>CODE' on its stdin; 'ID<TAB>MESSAGE', '*<TAB>MESSAGE' and '-ID<TAB>CODE REASON' on its stdout."),
+    click.option("--topics", is_flag=True, help="With --shared: a line's first word is its topic; a client given ?topic=PATTERN (repeatable; shell-style, * matches /) gets only the lines whose topic matches."),
+    click.option("--lingerms", type=int, default=0, show_default=True, help="With --shared: milliseconds the process runs on after its last client left."),
+    click.option("--sharedqueue", type=Size(), default="64K", show_default=True, help="With --shared: most output bytes waiting for one client; while a client's queue is full the process's output is not read."),
+    click.option("--sharedstallms", type=int, default=500, show_default=True, help="With --shared: a client whose queue stays full this long is closed (1008), so the others go on."),
     click.option("--reuseport", is_flag=True, help="Let several wsexec processes listen on the same address and port (SO_REUSEPORT); the kernel spreads connections among them."),
     click.option("--control", metavar="ADDRESS", help="Serve the control API (list, push to, close connections by id; /metrics, /healthz, /readyz) on unix:PATH or HOST:PORT, never the public port. A TCP address must be loopback unless --control-token is given."),
     click.option("--control-mode", type=OctalMode(), default="600", show_default=True, help="Permissions of a unix:PATH --control socket, octal."),

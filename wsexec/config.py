@@ -84,6 +84,13 @@ class Config:
     inetd: bool = False  # serve the one connection on stdin/stdout
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
     reuseport: bool = False  # SO_REUSEPORT: several wsexec processes on one address and port
+    # --shared (wsexec/backends/shared.py): one process for many clients.
+    shared: bool = False
+    tagged: bool = False
+    topics: bool = False
+    lingerms: int = 0
+    sharedqueue: int = 64 * 1024  # bytes of output waiting for one client
+    sharedstallms: int = 500  # a client whose queue stays full this long is closed
     # The control API (wsexec/control.py): its own listener, never the public port.
     control: Optional[str] = None  # "unix:PATH" or "HOST:PORT"
     control_mode: int = 0o600
@@ -221,6 +228,9 @@ def validate(config: Config) -> Config:
         ("--cgitimeoutms", config.cgitimeoutms, 1),
         ("--pushtimeoutms", config.pushtimeoutms, 1),
         ("--drainms", config.drainms, 0),
+        ("--lingerms", config.lingerms, 0),
+        ("--sharedqueue", config.sharedqueue, 1024),
+        ("--sharedstallms", config.sharedstallms, 1),
     ):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
@@ -230,7 +240,19 @@ def validate(config: Config) -> Config:
         raise ConfigError("--redirport must be between 0 and 65535", EXIT_USAGE)
     validate_fronts(config)
     validate_control(config)
+    validate_shared(config)
     return config
+
+
+def validate_shared(config: Config) -> None:
+    if (config.tagged or config.topics) and not config.shared:
+        raise ConfigError("--tagged and --topics work with --shared", EXIT_BAD_COMBINATION)
+    if config.tagged and config.topics:
+        raise ConfigError("give either --tagged or --topics, not both", EXIT_BAD_COMBINATION)
+    if config.binary and (config.tagged or config.topics):
+        raise ConfigError("--tagged and --topics work on lines: not with --binary", EXIT_BAD_COMBINATION)
+    if config.shared and not config.has_handler:
+        raise ConfigError("--shared needs COMMAND or --dir", EXIT_BAD_COMBINATION)
 
 
 def validate_fronts(config: Config) -> None:

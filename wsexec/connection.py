@@ -160,7 +160,8 @@ class Connection:
             if next_request is None:
                 return
             request = next_request
-        verdict = admit(request, config, self.locate, self.handlers.slots.full)
+        # a shared process's clients take no handler slot (only a new process does: backends/shared.py)
+        verdict = admit(request, config, self.locate, self.handlers.slots.full and not config.shared)
         if isinstance(verdict, Refusal):
             return await self.refuse(verdict.status, verdict.message, verdict.headers, request)
         await self.upgrade(request, verdict)

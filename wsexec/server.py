@@ -21,7 +21,9 @@ from typing import List, Optional, Tuple
 import trio
 
 from . import __version__
+from .backends import Backend
 from .backends.process import ProcessBackend
+from .backends.shared import SharedBackend
 from .config import EXIT_BAD_COMMAND, EXIT_CANNOT_LISTEN, Config, ConfigError, parse_control
 from .connection import Connection, Shared
 from .http import response
@@ -49,7 +51,12 @@ class Server:
         self.handlers = Handlers(config.maxforks, stats=self.stats)
         self.registry = Registry()
         self.fronts = Fronts(config)
-        backend = ProcessBackend(config, self.handlers) if config.has_handler else None
+        backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served
+        if config.shared:
+            backend = SharedBackend(config, self.handlers)
+        elif config.has_handler:
+            backend = ProcessBackend(config, self.handlers)
+        self.backend = backend
         self.shared = Shared(config, self.handlers, self.registry, backend, self.stats, os.urandom(6).hex(),
                              f"wsexec/{__version__}", control_url)
         self.addresses: List[Tuple[str, int]] = []
@@ -148,6 +155,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     try:
         async with trio.open_nursery() as root:
             await root.start(server.handlers.run)
+            if isinstance(server.backend, SharedBackend):
+                await root.start(server.backend.run)
             if handle_signals:
                 # Started, not just scheduled: a SIGTERM right after "listening on"
                 # must already take the graceful path.
@@ -170,10 +179,14 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
                 for listener in listeners:
                     connections.start_soon(accept, server, listener, connections)
                 await server.stopping.wait()
-                with trio.move_on_after(server.shutdown_deadline):
+                with trio.move_on_after(server.shutdown_deadline) as deadline:
                     while len(server.registry):
                         await trio.sleep(0.01)
+                    if isinstance(server.backend, SharedBackend):
+                        await server.backend.aclose()  # shared processes, on the ladder
                 connections.cancel_scope.cancel()
+                if deadline.cancelled_caught:
+                    logger.info("shutdown deadline passed: stopping what is left")
             root.cancel_scope.cancel()
     finally:
         server.handlers.spawner.close()
