@@ -37,7 +37,7 @@ from .http.request import ClientGone, HttpError, Request, read_request
 from .http.syntax import render_head
 from .log import ACCESS
 from .metrics import Metrics
-from .net.streams import Socket, next_connection
+from .net.streams import Socket, accept_forever
 from .proc.children import Slots
 from .registry import Registry
 from .session import Session
@@ -198,7 +198,7 @@ class Control:
                 self.background = nursery
                 nursery.start_soon(self.tick)
                 for listener in listeners:
-                    nursery.start_soon(self.accept, listener, nursery)
+                    nursery.start_soon(accept_forever, listener, nursery, self.handle)
                 task_status.started()
         finally:
             for listener in listeners:
@@ -210,17 +210,6 @@ class Control:
         while True:
             clock.now = time.time()
             await trio.sleep(1)
-
-    async def accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                conn = await next_connection(listener)
-            except OSError:
-                await trio.sleep(0.05)  # out of descriptors, or that client is gone
-                continue
-            if conn.family != socket.AF_UNIX:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(self.handle, Socket(conn))
 
     async def handle(self, stream: Socket) -> None:
         """Requests on one control connection, kept alive; any unexpected

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from functools import partial
 from typing import List
 
 import trio
 
 from ..config import Config
 from ..log import ACCESS
-from ..net.streams import Socket, next_connection
+from ..net.streams import Socket, accept_forever
 from .exchange import Reader
 from .plain import linger
 from .request import ClientGone, HttpError, Request, read_request
@@ -49,23 +50,13 @@ async def serve_redirects(config: Config, listeners: List[socket.socket], tls_po
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(accept_redirects, config, listener, tls_port, nursery)
+                nursery.start_soon(accept_forever, listener, nursery, partial(answer_redirect, config, tls_port))
     finally:
         for listener in listeners:
             listener.close()
 
 
-async def accept_redirects(config: Config, listener: socket.socket, tls_port: int, nursery: trio.Nursery) -> None:
-    while True:
-        try:
-            conn = await next_connection(listener)
-        except OSError:
-            await trio.sleep(0.05)  # out of descriptors, or the client is gone
-            continue
-        nursery.start_soon(answer_redirect, config, Socket(conn), tls_port)
-
-
-async def answer_redirect(config: Config, stream: Socket, tls_port: int) -> None:
+async def answer_redirect(config: Config, tls_port: int, stream: Socket) -> None:
     try:
         remote, local = stream.sock.getpeername()[:2], stream.sock.getsockname()[:2]
         with trio.fail_after(config.handshakems / 1000):

@@ -9,7 +9,7 @@ the rest. Errors use trio's stream exceptions.
 from __future__ import annotations
 
 import socket
-from typing import Callable, Optional, Protocol, Union
+from typing import Awaitable, Callable, Optional, Protocol, Union
 
 import trio
 
@@ -48,6 +48,21 @@ async def next_connection(listener: socket.socket) -> socket.socket:
             return listener.accept()[0]
         except BlockingIOError:
             await trio.lowlevel.wait_readable(listener)
+
+
+async def accept_forever(listener: socket.socket, nursery: trio.Nursery,
+                         handle: Callable[["Socket"], Awaitable[None]]) -> None:
+    """A side listener's accept loop (the control API, --redirport): each
+    connection to handle() in nursery, until cancelled."""
+    while True:
+        try:
+            conn = await next_connection(listener)
+        except OSError:
+            await trio.sleep(0.05)  # out of descriptors, or that client is gone
+            continue
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        nursery.start_soon(handle, Socket(conn))
 
 
 class Socket:
