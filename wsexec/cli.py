@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .cli_fronts import Size, front_options, front_settings
-from .config import DEFAULT_PORT, LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
+from .config import DEFAULT_PORT, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
 
 
 class HeaderLine(click.ParamType):
@@ -51,6 +51,7 @@ def split_list(value: str) -> tuple:
 @click.option("--header-http", multiple=True, type=HeaderLine(), help="Header added to plain HTTP responses; repeatable.")
 @click.option("--loglevel", type=click.Choice(LOG_LEVELS), default="access", show_default=True, help="Least severe log level shown.")
 @click.option("--log", "log_target", default="stderr", show_default=True, metavar="TARGET", help="Where the log goes: stderr, stdout, or a file appended to (created with mode 0640 less the umask; give ./stdout for a file named stdout). SIGHUP reopens the file, for logrotate.")
+@click.option("--logformat", type=click.Choice(LOG_FORMATS), default="text", show_default=True, metavar="FORMAT", help="Log line format: text, or json (one JSON object per line, for journald, Loki or Elasticsearch).")
 @click.option("--maxmessage", type=Size(), default="4M", show_default=True, help="Largest message, either way (also the longest stdout line); beyond it, close 1009.")
 @click.option("--maxheader", type=Size(), default="16K", show_default=True, help="Largest HTTP request head; beyond it, answer 431.")
 @click.option("--handshakems", type=int, default=10_000, show_default=True, help="Milliseconds a client has to send its complete request head.")
@@ -81,6 +82,7 @@ def command(
     header_http: Sequence,
     loglevel: str,
     log_target: str,
+    logformat: str,
     maxmessage: int,
     maxheader: int,
     handshakems: int,
@@ -115,6 +117,7 @@ def command(
         headers_http=tuple(header_http),
         loglevel=loglevel,
         log=log_target,
+        logformat=logformat,
         maxmessage=maxmessage,
         maxheader=maxheader,
         handshakems=handshakems,

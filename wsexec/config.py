@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
 
 from .http.syntax import is_token
+from .log import FORMATS as LOG_FORMATS
 from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
@@ -58,6 +59,7 @@ class Config:
     headers_http: Tuple[Header, ...] = ()
     loglevel: str = "access"
     log: str = "stderr"  # "stderr", "stdout", or a file path (absolute once loaded)
+    logformat: str = "text"  # LOG_FORMATS
     maxmessage: int = 4 * 1024 * 1024
     maxheader: int = 16 * 1024
     handshakems: int = 10_000
@@ -214,6 +216,8 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"--subprotocol must be a token, not {name!r}", EXIT_USAGE)
     if config.loglevel not in LOG_LEVELS:
         raise ConfigError(f"unknown --loglevel {config.loglevel!r}", EXIT_USAGE)
+    if config.logformat not in LOG_FORMATS:
+        raise ConfigError(f"unknown --logformat {config.logformat!r}", EXIT_USAGE)
     if not config.log:
         raise ConfigError("--log must be stderr, stdout or a file path", EXIT_USAGE)
     for name, value, low in (

@@ -20,7 +20,7 @@ from .http import plain, response
 from .http.environment import build_environment
 from .http.request import ClientGone, HttpError, Request, read_request
 from .http.routing import Route, route_command, route_dir
-from .log import ACCESS, ConnectionLog
+from .log import ACCESS, HANDSHAKE_TIMEOUT, REFUSED, for_connection
 from .net.front import Front
 from .net.proxy import resolve
 from .net.streams import Stream
@@ -83,7 +83,7 @@ class Connection:
             self.local = address_of(stream.sock.getsockname())
         else:
             self.remote, self.local = front.remote, front.local
-        self.log = ConnectionLog(logger, conn_id, self.remote)
+        self.log = for_connection(logger, conn_id, self.remote)
         self.ws: Optional[WebSocket] = None
 
     # --- what plain HTTP uses of the connection (http/exchange.py's Peer) ---------
@@ -107,7 +107,7 @@ class Connection:
 
     async def refuse(self, status: int, message: str, headers=(), request: Optional[Request] = None) -> None:  # type: ignore[no-untyped-def]
         path = request.path if request else "-"
-        self.log.log(ACCESS, "REFUSED %d %s: %s", status, path, message)
+        self.log.log(ACCESS, REFUSED, status, path, message)
         self.stats.refusals[status] += 1
         extra = tuple(headers) + self.config.headers + self.config.headers_http
         head_only = request is not None and request.method == "HEAD"
@@ -148,7 +148,7 @@ class Connection:
             with trio.CancelScope(deadline=trio.current_time() + config.handshakems / 1000) as deadline:
                 request = await self.read_request(self.stream)
             if deadline.cancelled_caught:
-                self.log.log(ACCESS, "handshake timeout")
+                self.log.log(ACCESS, HANDSHAKE_TIMEOUT)
                 return await self.refuse(408, "request head not received in time")
         except ClientGone:
             return

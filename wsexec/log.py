@@ -1,12 +1,19 @@
-"""Logging: websocketd's level names, one line per event, connection context on each."""
+"""Logging: websocketd's level names, one line per event, connection context on each.
+
+Two formats: text (the default) and json (--logformat json), one object per
+line. The text path does no work for json: the connection's fields reach the
+json formatter only through JsonConnectionLog, and an event's fields are
+derived from its log call's arguments, by the json formatter alone (EVENTS).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
-from typing import Any, MutableMapping, Optional, Tuple
+from typing import Any, Callable, Dict, MutableMapping, Optional, Tuple
 
 TRACE = 12
 ACCESS = 15
@@ -27,6 +34,8 @@ class Formatter(logging.Formatter):
     """ISO 8601 local time with milliseconds; the seconds part is formatted
     once per second, not once per line."""
 
+    clock = staticmethod(time.localtime)
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
         self._second = -1
@@ -42,10 +51,115 @@ class Formatter(logging.Formatter):
         second = int(record.created)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", self.clock(second))
         return f"{self._prefix}.{int(record.msecs):03d}"
 
 
+# The events' log lines. Call sites log these very strings, so the json
+# formatter finds an event, and derives its fields from the call's arguments
+# (as the text line has them), by looking its format string up in EVENTS.
+CONNECT = "CONNECT %s"
+DISCONNECT = "DISCONNECT %s %s close=%s/%s client_close=%s in=%d out=%d %.3fs"
+REFUSED = "REFUSED %d %s: %s"
+HANDSHAKE_TIMEOUT = "handshake timeout"
+DROPPED = "%s: dropping the client"
+HTTP = "HTTP %s %s %s %d bytes %.3fs%s"
+REDIRECT = "%s:%d REDIRECT %s -> %s"
+STDERR = "stderr: %s"
+FRONT_TIMEOUT = "%s:%d REFUSED: no PROXY header or TLS handshake within --handshakems"
+FRONT_REFUSED = "%s:%d REFUSED: %s"
+FRONT_NOT_TLS = "%s:%d REFUSED: plain HTTP on a TLS port"
+TLS_FAILED = "%s:%d TLS handshake failed: %s"
+
+
+def seconds(value: float) -> float:
+    return round(value, 6)
+
+
+def disconnect_fields(path: str, exit: str, close: Any, reason: str, client_close: str,
+                      bytes_in: int, bytes_out: int, duration: float) -> Dict[str, Any]:
+    """From the text line's arguments: close is a code or 'empty' (given as
+    1005, RFC 6455's code for none), reason '-' for none, client_close a code,
+    'empty' or 'none'."""
+    return {
+        "path": path, "exit": exit, "close_code": 1005 if close == "empty" else close,
+        "close_reason": "" if reason == "-" else reason,
+        "client_close": None if client_close == "none" else client_close if client_close == "empty" else int(client_close),
+        "bytes_in": bytes_in, "bytes_out": bytes_out, "duration": seconds(duration),
+    }
+
+
+def http_fields(method: str, path: str, status: Any, bytes_out: int, duration: float, close: str) -> Dict[str, Any]:
+    return {"method": method, "path": path, "status": None if status == "-" else status, "bytes_out": bytes_out,
+            "duration": seconds(duration), "close": bool(close)}
+
+
+def remote_fields(host: str, port: int, *rest: Any) -> Dict[str, Any]:
+    return {"remote": f"{host}:{port}"}
+
+
+Fields = Optional[Callable[..., Dict[str, Any]]]
+EVENTS: Dict[str, Tuple[str, Fields]] = {
+    CONNECT: ("connect", lambda path: {"path": path}),
+    DISCONNECT: ("disconnect", disconnect_fields),
+    REFUSED: ("refused", lambda status, path, reason: {"status": status, "path": None if path == "-" else path,
+                                                       "reason": reason}),
+    HANDSHAKE_TIMEOUT: ("timeout", None),
+    DROPPED: ("dropped", None),
+    HTTP: ("http", http_fields),
+    REDIRECT: ("redirect", lambda host, port, path, location: {"remote": f"{host}:{port}", "path": path,
+                                                               "location": location}),
+    STDERR: ("stderr", None),
+    FRONT_TIMEOUT: ("refused", remote_fields),
+    FRONT_REFUSED: ("refused", remote_fields),
+    FRONT_NOT_TLS: ("refused", remote_fields),
+    TLS_FAILED: ("tls", remote_fields),
+}
+CONNECTION = "wsexec_connection"  # the record attribute JsonConnectionLog sets: (id, remote, pid)
+
+
+def clean(text: str) -> str:
+    """Lone surrogates (undecodable bytes, as os.fsdecode keeps them) as
+    \\udcXX text: a JSON parser may reject them even escaped."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class JsonFormatter(Formatter):
+    """One JSON object per line, ASCII only (control characters and anything
+    else escaped): time (RFC 3339 UTC, milliseconds), level, logger, event
+    (EVENTS; null for other lines), message (the text format's, without the
+    connection prefix), a connection's id, remote and pid, the event's
+    fields, and a traceback as exception."""
+
+    clock = staticmethod(time.gmtime)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: Dict[str, Any] = {
+            "time": self.formatTime(record) + "Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": None,
+            "message": clean(record.getMessage()),
+        }
+        connection = getattr(record, CONNECTION, None)
+        if connection is not None:
+            conn_id, remote, pid = connection
+            entry.update(id=conn_id, remote=remote, pid=int(pid) if pid.isdigit() else None)
+        event = EVENTS.get(record.msg) if isinstance(record.msg, str) else None
+        if event is not None:
+            entry["event"], fields = event
+            if fields is not None:
+                entry.update(fields(*record.args))
+        if record.exc_info:
+            entry["exception"] = clean(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exception"] = clean(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = clean(self.formatStack(record.stack_info))
+        return json.dumps(entry)
+
+
+FORMATS = ("text", "json")  # --logformat
 STREAMS = ("stderr", "stdout")  # --log targets that are not file paths
 FILE_MODE = 0o640  # a log file wsexec creates (less the umask)
 
@@ -101,9 +215,11 @@ class FileHandler(logging.Handler):
         super().close()
 
 
-def setup(level: str, target: str = "stderr") -> None:
+def setup(level: str, target: str = "stderr", fmt: str = "text") -> None:
     """Install the one handler: on stderr, stdout, or appending to the file
-    at target (raises OSError if it cannot be opened)."""
+    at target (raises OSError if it cannot be opened), writing lines in fmt
+    (FORMATS); connections made after it log in that format."""
+    global _connection_log
     # Two lines per connection are on the hot path: skip what the format never
     # shows (the caller's file and line, thread and process names).
     logging._srcfile = None  # type: ignore[attr-defined]
@@ -115,7 +231,8 @@ def setup(level: str, target: str = "stderr") -> None:
         handler = logging.StreamHandler(sys.stdout if target == "stdout" else sys.stderr)
     else:
         handler = FileHandler(target)
-    handler.setFormatter(Formatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else Formatter())
+    _connection_log = JsonConnectionLog if fmt == "json" else ConnectionLog
     root = logging.getLogger("wsexec")
     for old in root.handlers:
         old.close()  # a FileHandler's descriptor; a StreamHandler leaves its stream open
@@ -135,7 +252,7 @@ def reopen() -> None:
 class ConnectionLog(logging.LoggerAdapter):
     """Prefixes every line with the connection id, client address and handler pid."""
 
-    def __init__(self, logger: logging.Logger, conn_id: int, remote: Tuple[str, int]) -> None:
+    def __init__(self, logger: logging.Logger, conn_id: str, remote: Tuple[str, int]) -> None:
         super().__init__(logger, {})
         self.conn_id = conn_id
         self.remote = f"{remote[0]}:{remote[1]}"
@@ -154,3 +271,22 @@ class ConnectionLog(logging.LoggerAdapter):
             text, _ = self.process(msg, kwargs)
             logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, text, args, None,
                                             "(unknown function)"))
+
+
+class JsonConnectionLog(ConnectionLog):
+    """For the json format: no prefix; the id, address and pid go to
+    JsonFormatter as a record attribute. Takes LoggerAdapter's usual way."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> Tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), CONNECTION: (self.conn_id, self.remote, self.pid)}
+        return msg, kwargs
+
+    log = logging.LoggerAdapter.log
+
+
+_connection_log = ConnectionLog  # setup() sets it
+
+
+def for_connection(logger: logging.Logger, conn_id: str, remote: Tuple[str, int]) -> ConnectionLog:
+    """A new connection's log, in the format setup() chose."""
+    return _connection_log(logger, conn_id, remote)

@@ -366,7 +366,7 @@ def tune_gc() -> None:
 
 def run(config: Config) -> int:
     try:
-        setup(config.loglevel, config.log)
+        setup(config.loglevel, config.log, config.logformat)
     except OSError as e:  # load() opened it a moment ago: removed or made unwritable since
         print(f"wsexec: cannot open the log file {config.log}: {e.strerror}", file=sys.stderr)
         return EXIT_BAD_COMMAND

@@ -39,7 +39,7 @@ from .backends import (
     close_frame,
 )
 from .config import Config
-from .log import ACCESS, ConnectionLog
+from .log import ACCESS, CONNECT, DISCONNECT, DROPPED, ConnectionLog
 from .net.streams import Stream
 from .stats import Stats
 from .websocket import INTERNAL_ERROR, NO_STATUS, WebSocket
@@ -117,7 +117,7 @@ class Session:
     def drop_client(self, why: str) -> None:
         """Treat the client as gone (it stopped answering, or a send to it
         was cut short and its connection can carry no more frames)."""
-        self.log.log(ACCESS, "%s: dropping the client", why)
+        self.log.log(ACCESS, DROPPED, why)
         self.ws.gone = True
         self.stream.close()
         self.client_done = True
@@ -162,7 +162,7 @@ class Session:
                     await ws.close(outcome.code, outcome.reason, grace)
                 return
             self.log.pid = far.label
-            self.log.log(ACCESS, "CONNECT %s", target)
+            self.log.log(ACCESS, CONNECT, target)
             ending = await self.supervise()
         except Exception:  # not Cancelled (a BaseException), alone or in a group
             crashed = True
@@ -191,7 +191,7 @@ class Session:
         ws = self.ws
         self.log.log(
             ACCESS,
-            "DISCONNECT %s %s close=%s/%s client_close=%s in=%d out=%d %.3fs",
+            DISCONNECT,
             target, outcome.status if outcome else "not stopped", "empty" if code == NO_STATUS else code, reason or "-",
             close_text(ws.close_received), ws.bytes_in, ws.bytes_out, time.monotonic() - self.started,
         )

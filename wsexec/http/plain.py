@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import trio
 
-from ..log import ACCESS
+from ..log import ACCESS, HTTP
 from ..websocket import is_upgrade
 from . import cgi, devconsole, static
 from .exchange import Exchange, Reader
@@ -127,7 +127,7 @@ async def respond(peer: "Peer", request: Request, reader: Reader) -> bool:
     if ex.status:
         peer.stats.http[ex.status] += 1
     peer.log.log(
-        ACCESS, "HTTP %s %s %s %d bytes %.3fs%s",
+        ACCESS, HTTP,
         request.method, request.target, ex.status or "-", ex.bytes_out, time.monotonic() - started,
         "" if ex.keep else " close",
     )

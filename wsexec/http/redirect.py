@@ -11,7 +11,7 @@ from typing import List
 import trio
 
 from ..config import Config
-from ..log import ACCESS
+from ..log import ACCESS, REDIRECT
 from ..net.streams import Socket, accept_forever
 from .exchange import Reader
 from .plain import linger
@@ -66,7 +66,7 @@ async def answer_redirect(config: Config, tls_port: int, stream: Socket) -> None
         headers = [("Location", location), ("Content-Type", "text/plain; charset=utf-8"),
                    ("Content-Length", str(len(body)))] + list(config.headers + config.headers_http)
         data = render_head(301, headers, close=True)
-        logger.log(ACCESS, "%s:%d REDIRECT %s -> %s", remote[0], remote[1], request.target, location)
+        logger.log(ACCESS, REDIRECT, remote[0], remote[1], request.target, location)
         with trio.move_on_after(config.gracems / 1000):
             await stream.send_all(data if request.method == "HEAD" else data + body)
             await linger(stream, Reader(stream, b""))

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Tuple
 import trio
 
 from ..config import Config
-from ..log import ACCESS
+from ..log import ACCESS, FRONT_NOT_TLS, FRONT_REFUSED, FRONT_TIMEOUT, TLS_FAILED
 from .proxy import UNIX, ProxyError, ProxyHeader, Trust, parse_proxy_header, parse_trust
 from .streams import Socket, Stream
 from .tls import NotTls, TlsStream, make_context
@@ -95,16 +95,16 @@ async def open_front(sock: Socket, fronts: Fronts, handshake_seconds: float) -> 
                 await stream.handshake()
                 tls, variables = True, stream.variables()
     except trio.TooSlowError:
-        logger.log(ACCESS, "%s:%d REFUSED: no PROXY header or TLS handshake within --handshakems", *remote)
+        logger.log(ACCESS, FRONT_TIMEOUT, *remote)
         return None
     except ProxyError as e:
-        logger.error("%s:%d REFUSED: %s", remote[0], remote[1], e)
+        logger.error(FRONT_REFUSED, remote[0], remote[1], e)
         return None
     except NotTls:
-        logger.log(ACCESS, "%s:%d REFUSED: plain HTTP on a TLS port", *remote)
+        logger.log(ACCESS, FRONT_NOT_TLS, *remote)
         raise  # the caller answers 400 in plain HTTP
     except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        logger.log(ACCESS, "%s:%d TLS handshake failed: %s", remote[0], remote[1], e)
+        logger.log(ACCESS, TLS_FAILED, remote[0], remote[1], e)
         return None
     return stream, Front(remote, local, tls, variables, fronts.trust)
 

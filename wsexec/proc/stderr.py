@@ -16,6 +16,8 @@ from typing import Dict, Union
 
 import trio
 
+from ..log import STDERR
+
 PIECE = 4096  # bytes of one logged line at most
 READ = 16384  # bytes read from one pipe at a time
 TURN = 65536  # bytes logged per turn at most, then other tasks run (level-triggered: the rest waits)
@@ -55,7 +57,7 @@ class StderrPipe:
 
     def _emit(self, line: bytes) -> None:
         for start in range(0, max(len(line), 1), PIECE):
-            self.log.error("stderr: %s", line[start:start + PIECE].decode("utf-8", "backslashreplace"))
+            self.log.error(STDERR, line[start:start + PIECE].decode("utf-8", "backslashreplace"))
 
     def finish(self) -> None:
         if self.partial:
