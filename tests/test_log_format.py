@@ -16,7 +16,8 @@ import trio
 from helpers import PY, ROOT, WsexecProcess, collect, raw_http, script
 from wsexec.config import Config, ConfigError, validate
 from wsexec.log import (
-    ACCESS, CONNECT, DISCONNECT, HANDSHAKE_TIMEOUT, HTTP, REDIRECT, REFUSED, STDERR, TLS_FAILED, TRACE,
+    ACCESS, CONNECT, CONTROL, DISCONNECT, DROPPED, HANDSHAKE_TIMEOUT, HTTP, REDIRECT, REFUSED, STDERR, TLS_FAILED,
+    TRACE,
     ConnectionLog, Formatter, JsonConnectionLog, JsonFormatter,
 )
 
@@ -216,6 +217,8 @@ COMMON = {"time": "2026-12-01T00:15:48.020Z", "logger": "test.logformat", "id": 
      {"level": "access", "event": "refused", "message": "REFUSED 404 -: not found", "status": 404, "path": None,
       "reason": "not found"}),
     (ACCESS, HANDSHAKE_TIMEOUT, (), {"level": "access", "event": "timeout", "message": "handshake timeout"}),
+    (ACCESS, DROPPED, ("no answer to pings for 2.0s",),
+     {"level": "access", "event": "dropped", "message": "no answer to pings for 2.0s: dropping the client"}),
     (ACCESS, HTTP, ("GET", "/f", 200, 10, 0.5, ""),
      {"level": "access", "event": "http", "message": "HTTP GET /f 200 10 bytes 0.500s", "method": "GET",
       "path": "/f", "status": 200, "bytes_out": 10, "duration": 0.5, "close": False}),
@@ -239,6 +242,9 @@ def test_json_formatter_table(level, msg, args, expected):
      {"level": "access", "event": "redirect", "remote": "10.0.0.1:5000", "path": "/x", "location": "https://h/x"}),
     (ACCESS, TLS_FAILED, ("10.0.0.1", 5000, ValueError("bad record")),
      {"level": "access", "event": "tls", "remote": "10.0.0.1:5000"}),
+    (logging.INFO, CONTROL, ("127.0.0.1", 5001, "POST", "/connections/9f3a01c21/close", 404),
+     {"level": "info", "event": "control", "remote": "127.0.0.1:5001", "method": "POST",
+      "path": "/connections/9f3a01c21/close", "status": 404}),
 ])
 def test_json_formatter_lines_without_a_connection(level, msg, args, expected):
     record = logging.LogRecord("wsexec.http", level, "", 0, msg, args, None)

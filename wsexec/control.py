@@ -35,7 +35,7 @@ from .http.exchange import Reader, wants_keep_alive
 from .http.plain import linger
 from .http.request import ClientGone, HttpError, Request, read_request
 from .http.syntax import render_head
-from .log import ACCESS
+from .log import ACCESS, CONTROL
 from .metrics import Metrics
 from .net.streams import Socket, accept_forever
 from .proc.children import Slots
@@ -257,7 +257,7 @@ class Control:
             answer = await self.act(found, request, body)
         if found.action.startswith("aws-") and answer.status >= 400:
             answer = as_aws(answer)
-        logger.log(ACCESS if answer.status < 400 else logging.INFO, "control %s:%d %s %s %d",
+        logger.log(ACCESS if answer.status < 400 else logging.INFO, CONTROL,
                    request.remote[0], request.remote[1], request.method, request.target, answer.status)
         await self.send(stream, answer, keep, head_only=request.method == "HEAD")
         if not keep:

@@ -70,6 +70,7 @@ FRONT_TIMEOUT = "%s:%d REFUSED: no PROXY header or TLS handshake within --handsh
 FRONT_REFUSED = "%s:%d REFUSED: %s"
 FRONT_NOT_TLS = "%s:%d REFUSED: plain HTTP on a TLS port"
 TLS_FAILED = "%s:%d TLS handshake failed: %s"
+CONTROL = "control %s:%d %s %s %d"
 
 
 def seconds(value: float) -> float:
@@ -114,6 +115,8 @@ EVENTS: Dict[str, Tuple[str, Fields]] = {
     FRONT_REFUSED: ("refused", remote_fields),
     FRONT_NOT_TLS: ("refused", remote_fields),
     TLS_FAILED: ("tls", remote_fields),
+    CONTROL: ("control", lambda host, port, method, path, status: {"remote": f"{host}:{port}", "method": method,
+                                                                   "path": path, "status": status}),
 }
 CONNECTION = "wsexec_connection"  # the record attribute JsonConnectionLog sets: (id, remote, pid)
 
