@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "C1", "C2"]
+SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "C1", "C2",
+             "S7a", "S7b", "S7c", "S7d", "S8"]
 
 
 def table_rows(text: str) -> dict[str, list[list[str]]]:
     """Scenario id -> the cells of its table rows."""
     rows: dict[str, list[list[str]]] = {}
     for line in text.splitlines():
-        m = re.match(r"\| ([SC]\d[ab]?) ", line)
+        m = re.match(r"\| ([SC]\d[a-d]?) ", line)
         if m:
             rows.setdefault(m.group(1), []).append([c.strip() for c in line.strip("|").split("|")])
     return rows
@@ -24,7 +25,7 @@ def table_rows(text: str) -> dict[str, list[list[str]]]:
 def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| websocketd | wsexec |" in proc.stdout
     # wsexec alone (websocketd has no control API): without and with --control
@@ -41,6 +42,20 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
     c2 = {row[1]: row for row in rows["C2"]}
     assert c2["pushes/s"][3] == "—" and float(c2["pushes/s"][4]) > 0, proc.stdout
     assert c2["children left after"][4] == "0", proc.stdout
+    # one shared process (S7, S8): websocat broadcast: against wsexec --shared
+    assert "| websocat | wsexec | wsexec ÷ websocat |" in proc.stdout
+    assert "| wsexec | wsexec + 1 client not reading |" in proc.stdout
+    for sid in ("S7a", "S7b", "S7c", "S7d"):
+        s7 = {row[1]: row for row in rows[sid]}
+        # wsexec (both columns in S7d) delivers, loses nothing, closes no client that reads
+        for col in ((4,) if sid != "S7d" else (3, 4)):
+            assert float(s7["messages/s delivered"][col]) > 0, (sid, proc.stdout)
+            assert s7["messages lost"][col] == "0", (sid, proc.stdout)
+            assert s7["clients closed by the server"][col] == "0", (sid, proc.stdout)
+        assert s7["children left after"][4] == "0", (sid, proc.stdout)
+    s8 = {row[1]: row for row in rows["S8"]}
+    assert s8["clients that got the line"][4] == s8["clients opened"][4] != "0", proc.stdout
+    assert s8["children left after"][4] == "0", proc.stdout
 
     written = out.read_text()
     assert "| scenario | figure | better | websocketd | wsexec |" in written
