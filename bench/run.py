@@ -370,7 +370,7 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
                   Figure("p99", "line p99 ms", "lower", "{:.1f}"),
                   Figure("rss_per", "server RSS KiB/client", "lower", "{:.1f}"),
                   Figure("fds_per", "server fds/client", "lower", "{:.2f}")],
-                 ceiling=ceiling8, settle=3.0, pair=FANOUT_PAIR, shared=("signal", ceiling8 + 30)),
+                 ceiling=ceiling8, settle=3.0 if quick else 30.0, pair=FANOUT_PAIR, shared=("signal", ceiling8 + 30)),
     ]
 
 
