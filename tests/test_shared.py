@@ -1,0 +1,346 @@
+"""--shared (wsexec/backends/shared.py): one process for many clients. Fan-out,
+whole input lines, the process's life, stuck clients, --dir rooms, --tagged,
+--topics (with the real Mosquitto), --binary, the control API, --maxforks and
+SIGTERM; the pure parts as tables. Real sockets on 127.0.0.1, real processes,
+every wait with a ceiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from helpers import (
+    PY, ROOT, WsexecProcess, alive, descendants, drain_output, make_config, open_fds, raw_upgrade,
+    read_server_frames, response_head, script, serving, trio_test, upgrade_request, zombies,
+)
+from http_client import Client
+from wsexec.backends.shared import close_of, parse_tagged, topics_of, wants
+
+# --- pure parts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("", ()),
+    ("x=1", ()),
+    ("topic=a", ("a",)),
+    ("topic=a&x=1&topic=b%2Fc", ("a", "b/c")),
+    ("topic=", ("",)),
+    ("topic=a+b", ("a b",)),
+    ("topic=sensors/*&topic=alerts", ("sensors/*", "alerts")),
+    ("Topic=a", ()),  # names are case-sensitive
+])
+def test_topics_of(query, expected):
+    assert topics_of(query) == expected
+
+
+@pytest.mark.parametrize("patterns, line, expected", [
+    ((), b"anything at all", True),
+    ((), b"", True),
+    (("sensors/*",), b"sensors/kitchen/temp 21.5", True),  # '*' matches '/' too
+    (("sensors/kitchen/*",), b"sensors/garage/door open", False),
+    (("sensors/kitchen",), b"sensors/kitchen/temp 21.5", False),
+    (("sensors/?",), b"sensors/a 1", True),
+    (("a", "b"), b"b rest of line", True),
+    (("a", "b"), b"c b a", False),  # only the first word is the topic
+    (("alerts",), b"alerts", True),  # a line that is only a topic
+    (("x",), b"", False),
+    (("*",), b"", True),
+    (("[ab]/*",), b"b/c 1", True),
+    (("sensors/*",), b"sensors/\xff 1", True),  # not UTF-8: still matched
+    (("Sensors/*",), b"sensors/a 1", False),  # case-sensitive
+])
+def test_wants(patterns, line, expected):
+    assert wants(patterns, line) is expected
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"abc\thello", ("send", "abc", b"hello")),
+    (b"*\tto all", ("send", "*", b"to all")),
+    (b"-abc\t4001 bye", ("close", "abc", b"4001 bye")),
+    (b"-abc\t", ("close", "abc", b"")),
+    (b"abc\ta\tb", ("send", "abc", b"a\tb")),
+    (b"abc\t", ("send", "abc", b"")),
+    (b"\tx", ("send", "", b"x")),
+    (b"no tab here", None),
+    (b"", None),
+])
+def test_parse_tagged(line, expected):
+    assert parse_tagged(line) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"4001 bye", (4001, "bye")),
+    (b"1000", (1000, "")),
+    (b"3000 x y", (3000, "x y")),
+    (b"4999", (4999, "")),
+    (b"1001 away", (1000, "away")),  # a code for wsexec alone
+    (b"1011 oops", (1000, "oops")),
+    (b"2999", (1000, "")),
+    (b"5000", (1000, "")),
+    (b"abc", (1000, "")),
+    (b"", (1000, "")),
+    (b"-1 x", (1000, "x")),
+    (b"4000 " + b"a" * 200, (4000, "a" * 123)),
+    ("4000 ".encode() + "é".encode() * 70, (4000, "é" * 61)),  # 123 bytes of UTF-8, whole characters
+])
+def test_close_of(text, expected):
+    assert close_of(text) == expected
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+# Commands on stdin, one a line: "echo TEXT" prints TEXT; "pid" prints the
+# process's and its background child's pids and what it started with;
+# "burst N COUNT": once COUNT such lines came, prints N numbered lines;
+# "exit N" exits with N.
+HUB = """
+    import os, subprocess, sys
+    child = subprocess.Popen(["sleep", "300"])  # a grandchild: must not outlive the hub
+    bursts = 0
+    for line in sys.stdin:
+        word, _, rest = line.rstrip("\\n").partition(" ")
+        if word == "echo":
+            print(rest, flush=True)
+        elif word == "pid":
+            print("pid", os.getpid(), child.pid, os.environ.get("WSEXEC_SHARED"),
+                  os.environ.get("QUERY_STRING"), os.environ.get("SCRIPT_NAME"), flush=True)
+        elif word == "burst":
+            n, count = map(int, rest.split())
+            bursts += 1
+            if bursts == count:
+                for i in range(n):
+                    sys.stdout.write("line %d %s\\n" % (i, "x" * 40))
+                sys.stdout.flush()
+        elif word == "exit":
+            sys.exit(int(rest))
+"""
+
+
+async def wait_for(ws, expected: str, timeout: float = 5) -> List[object]:
+    """Messages until `expected` (other clients' output may come first); returns those skipped."""
+    skipped = []
+    with trio.fail_after(timeout):
+        while True:
+            message = await ws.get_message()
+            if message == expected:
+                return skipped
+            skipped.append(message)
+
+
+async def join(ws, name: str) -> None:
+    """This client has joined the hub once it sees its own echo (its messages
+    reach stdin only after it joined)."""
+    await ws.send_message(f"echo joined {name}")
+    await wait_for(ws, f"joined {name}")
+
+
+async def pid_of(ws) -> Tuple[int, int, str, str, str]:
+    """(pid, its background child's pid, WSEXEC_SHARED, QUERY_STRING, SCRIPT_NAME)."""
+    await ws.send_message("pid")
+    with trio.fail_after(5):
+        while True:
+            message = await ws.get_message()
+            if isinstance(message, str) and message.startswith("pid "):
+                _, pid, child, shared, query, name = message.split(" ")
+                return int(pid), int(child), shared, query, name
+
+
+async def closed(ws, timeout: float = 5) -> Tuple[int, str, List[object]]:
+    """Read until the server closes: (code, reason, messages before it)."""
+    messages = []
+    with trio.fail_after(timeout):
+        try:
+            while True:
+                messages.append(await ws.get_message())
+        except ConnectionClosed as e:
+            return e.reason.code, e.reason.reason or "", messages
+
+
+async def gone(*pids: int, timeout: float = 5) -> None:
+    with trio.fail_after(timeout):
+        while any(alive(pid) for pid in pids):
+            await trio.sleep(0.02)
+
+
+async def settled_fds(url: str) -> int:
+    """This process's descriptor count once a first hub came and went (the
+    spawner opens its pipe and /dev/null at its first start)."""
+    async with open_websocket_url(url + "/") as ws:
+        pid, child, *_ = await pid_of(ws)
+    await gone(pid, child)
+    await trio.sleep(0.1)
+    return open_fds()
+
+
+async def fds_back_to(count: int) -> None:
+    with trio.fail_after(5):
+        while open_fds() != count:
+            await trio.sleep(0.02)
+
+
+# --- fan-out, input, lifecycle --------------------------------------------------------------
+
+
+@trio_test(30)
+async def test_every_line_reaches_every_client_in_order(tmp_path):
+    handler = script(tmp_path, "hub.py", HUB)
+    n, clients = 5000, 5
+    async with serving(make_config(handler, shared=True)) as (state, url):
+        results = {}
+
+        async def client(k: int) -> None:
+            async with open_websocket_url(url + f"/?k={k}") as ws:
+                await join(ws, str(k))
+                await ws.send_message(f"burst {n} {clients}")
+                lines = []
+                with trio.fail_after(20):
+                    while len(lines) < n:
+                        message = await ws.get_message()
+                        if isinstance(message, str) and message.startswith("line "):
+                            lines.append(message)
+                results[k] = lines
+
+        async with trio.open_nursery() as nursery:
+            for k in range(clients):
+                nursery.start_soon(client, k)
+    expected = ["line %d %s" % (i, "x" * 40) for i in range(n)]
+    assert sorted(results) == list(range(clients))
+    for k, lines in results.items():
+        assert lines == expected, k
+
+
+# Checks every stdin line is whole: "K I " and then the letter of client K,
+# LENGTH times. Prints "done TOTAL BAD ORDER" after TOTAL lines.
+CHECKER = """
+    import sys
+    total, length = int(sys.argv[1]), int(sys.argv[2])
+    seen = bad = disorder = 0
+    last = {}
+    for line in sys.stdin.buffer:
+        k, i, body = line.rstrip(b"\\n").split(b" ", 2)
+        letter = b"abcdefghij"[int(k):int(k) + 1]
+        if len(body) != length or body.strip(letter):
+            bad += 1
+        if int(i) != last.get(k, -1) + 1:
+            disorder += 1
+        last[k] = int(i)
+        seen += 1
+        if seen == total:
+            print("done", seen, bad, disorder, flush=True)
+"""
+
+
+@trio_test(60)
+async def test_lines_of_concurrent_clients_reach_stdin_whole(tmp_path):
+    clients, count, length = 4, 12, 300_000  # each line larger than the socket pair's buffer
+    handler = script(tmp_path, "checker.py", CHECKER)
+    config = make_config(handler, str(clients * count), str(length), shared=True)
+    async with serving(config) as (state, url):
+        async with trio.open_nursery() as nursery:
+            results = []
+
+            async def client(k: int, ready: trio.Event, go: trio.Event) -> None:
+                async with open_websocket_url(url + "/") as ws:
+                    # joined once the upgrade is done and start() ran; a first
+                    # message would go to the checker, so wait on the hub itself
+                    ready.set()
+                    await go.wait()
+                    letter = "abcdefghij"[k]
+                    for i in range(count):
+                        await ws.send_message(f"{k} {i} " + letter * length)
+                    results.append(await ws.get_message())
+
+            events = [(trio.Event(), trio.Event()) for _ in range(clients)]
+            for k, (ready, go) in enumerate(events):
+                nursery.start_soon(client, k, ready, go)
+            with trio.fail_after(10):
+                for ready, _ in events:
+                    await ready.wait()
+                while sum(len(h.members) for h in state.backend.hubs.values()) < clients:
+                    await trio.sleep(0.01)
+            for _, go in events:
+                go.set()
+    assert results == [f"done {clients * count} 0 0"] * clients
+
+
+@trio_test(40)
+async def test_starts_with_the_first_client_and_stops_after_the_last(tmp_path):
+    handler = script(tmp_path, "hub.py", HUB)
+    async with serving(make_config(handler, shared=True, lingerms=0, closems=0)) as (state, url):
+        fds = await settled_fds(url)
+        async with open_websocket_url(url + "/?who=first") as first:
+            pid, child, shared, query, _ = await pid_of(first)
+            assert (shared, query) == ("1", "who=first")
+            async with open_websocket_url(url + "/?who=second") as second:
+                await join(second, "second")
+                assert (await pid_of(second))[:5] == (pid, child, "1", "who=first", "/")  # the first one's env
+            assert alive(pid)  # one client is still here
+            await first.send_message("echo still")
+            await wait_for(first, "still")
+        await gone(pid, child)
+        assert pid not in descendants(os.getpid()) and not zombies(os.getpid())
+        await fds_back_to(fds)
+        assert not state.backend.hubs and not state.handlers.children and state.handlers.slots.taken == 0
+
+        # The next client starts a new one, with its own environment.
+        async with open_websocket_url(url + "/?who=third") as third:
+            new_pid, new_child, _, query, _ = await pid_of(third)
+            assert new_pid != pid and query == "who=third"
+        await gone(new_pid, new_child)
+        await fds_back_to(fds)
+
+
+@trio_test(40)
+async def test_lingerms_keeps_the_process_for_a_client_that_comes_back(tmp_path):
+    handler = script(tmp_path, "hub.py", HUB)
+    async with serving(make_config(handler, shared=True, lingerms=1500, closems=0)) as (state, url):
+        fds = await settled_fds(url)
+        async with open_websocket_url(url + "/") as ws:
+            pid, child, *_ = await pid_of(ws)
+        await trio.sleep(0.5)
+        assert alive(pid)
+        async with open_websocket_url(url + "/") as ws:  # back within --lingerms
+            assert (await pid_of(ws))[0] == pid
+        left = time.monotonic()
+        await gone(pid, child, timeout=6)
+        lingered = time.monotonic() - left
+        assert 1.4 < lingered < 4, lingered  # counted from the last client leaving
+        assert not zombies(os.getpid())
+        await fds_back_to(fds)
+        async with open_websocket_url(url + "/") as ws:
+            assert (await pid_of(ws))[0] != pid
+
+
+@pytest.mark.parametrize("status, code, reason", [(0, 1000, ""), (3, 1011, "exit status 3")])
+@trio_test(30)
+async def test_process_exit_closes_every_client_and_the_next_starts_anew(tmp_path, status, code, reason):
+    handler = script(tmp_path, "hub.py", HUB)
+    async with serving(make_config(handler, shared=True)) as (state, url):
+        async with open_websocket_url(url + "/") as a, open_websocket_url(url + "/") as b, \
+                open_websocket_url(url + "/") as c:
+            for name, ws in (("a", a), ("b", b), ("c", c)):
+                await join(ws, name)
+            pid = (await pid_of(a))[0]
+            await b.send_message("echo last words")
+            await c.send_message(f"exit {status}")
+            for ws in (a, b, c):
+                got_code, got_reason, messages = await closed(ws)
+                assert (got_code, got_reason) == (code, reason)
+                assert "last words" in messages  # output before the exit is delivered
+        await gone(pid)
+        async with open_websocket_url(url + "/") as d:
+            new_pid = (await pid_of(d))[0]
+            assert new_pid != pid
+        assert not zombies(os.getpid())
