@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from helpers import (
-    PY, ROOT, WsexecProcess, alive, descendants, drain_output, make_config, open_fds, raw_upgrade,
+    PY, ROOT, WsexecProcess, alive, client_frame, descendants, drain_output, make_config, open_fds, raw_upgrade,
     read_server_frames, response_head, script, serving, trio_test, upgrade_request, zombies,
 )
 from http_client import Client
@@ -103,7 +104,7 @@ def test_close_of(text, expected):
 
 # Commands on stdin, one a line: "echo TEXT" prints TEXT; "pid" prints the
 # process's and its background child's pids and what it started with;
-# "burst N COUNT": once COUNT such lines came, prints N numbered lines;
+# "burst N COUNT [WIDTH]": once COUNT such lines came, prints N numbered lines;
 # "exit N" exits with N.
 HUB = """
     import os, subprocess, sys
@@ -117,11 +118,11 @@ HUB = """
             print("pid", os.getpid(), child.pid, os.environ.get("WSEXEC_SHARED"),
                   os.environ.get("QUERY_STRING"), os.environ.get("SCRIPT_NAME"), flush=True)
         elif word == "burst":
-            n, count = map(int, rest.split())
+            n, count, width = (list(map(int, rest.split())) + [40])[:3]
             bursts += 1
             if bursts == count:
                 for i in range(n):
-                    sys.stdout.write("line %d %s\\n" % (i, "x" * 40))
+                    sys.stdout.write("line %d %s\\n" % (i, "x" * width))
                 sys.stdout.flush()
         elif word == "exit":
             sys.exit(int(rest))
@@ -344,3 +345,96 @@ async def test_process_exit_closes_every_client_and_the_next_starts_anew(tmp_pat
             new_pid = (await pid_of(d))[0]
             assert new_pid != pid
         assert not zombies(os.getpid())
+
+
+# --- a client that does not read ---------------------------------------------------------
+
+
+async def stuck_client(port: int, path: str = "/"):
+    """A client that upgrades and then never reads: a small receive buffer
+    (set before connect, so the window stays small), read by nobody."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(upgrade_request(path))
+    buf = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in buf:
+            buf += await stream.receive_some(1)  # byte by byte: nothing past the head is read
+    assert buf.startswith(b"HTTP/1.1 101 "), buf
+    return stream
+
+
+class RawReader:
+    """A client that reads as fast as the socket allows (no parsing while it
+    reads), so it always keeps up; frames are parsed afterwards."""
+
+    def __init__(self, stream, rest: bytes) -> None:
+        self.stream = stream
+        self.data = bytearray(rest)
+
+    @classmethod
+    async def open(cls, port: int) -> "RawReader":
+        return cls(*await raw_upgrade(port))
+
+    async def send(self, text: str) -> None:
+        await self.stream.send_all(client_frame(0x1, text.encode()))
+
+    async def read_until(self, marker: bytes, timeout: float = 30) -> None:
+        with trio.fail_after(timeout):
+            while marker not in self.data[-(1 << 17):]:
+                chunk = await self.stream.receive_some(1 << 18)
+                assert chunk, "closed early"
+                self.data += chunk
+
+    async def frames(self) -> List[Tuple[int, bytes]]:
+        class Done:
+            async def receive_some(self, size):
+                return b""
+        return (await read_server_frames(Done(), bytes(self.data)))[0]
+
+
+@trio_test(60)
+async def test_a_client_that_never_reads_is_closed_1008_and_the_others_lose_nothing(tmp_path):
+    handler = script(tmp_path, "hub.py", HUB)
+    n = 20000
+    # --gracems: how long wsexec waits to send the stuck client its close frame
+    with WsexecProcess("--shared", "--sharedstallms", "500", "--gracems", "20000", str(handler)) as server:
+        log = drain_output(server)
+        good = [await RawReader.open(server.port) for _ in range(2)]
+        stuck = await stuck_client(server.port)
+        try:
+            for k, reader in enumerate(good):
+                await reader.send(f"echo joined {k}")
+                await reader.read_until(f"joined {k}".encode(), 5)
+            await stuck.send_all(client_frame(0x1, b"echo joined stuck"))
+            for reader in good:
+                await reader.read_until(b"joined stuck", 5)
+            asked = time.time()
+            await good[0].send(f"burst {n} 1 250")  # 5 MB, more than the stuck client's buffers hold
+            async with trio.open_nursery() as nursery:
+                for reader in good:
+                    nursery.start_soon(reader.read_until, b"line %d " % (n - 1))
+            # The stuck client reads at last (within --gracems, while its close
+            # frame still waits to be sent): a prefix of the lines, then 1008.
+            with trio.fail_after(10):
+                frames, code = await read_server_frames(stuck)
+        finally:
+            await stuck.aclose()
+            for reader in good:
+                await reader.stream.aclose()
+        for reader in good:
+            numbers = [int(p.split()[1]) for op, p in await reader.frames() if p.startswith(b"line ")]
+            assert numbers == list(range(n))  # none lost, none out of order
+        numbers = [int(p.split()[1]) for op, p in frames if p.startswith(b"line ")]
+        assert numbers == list(range(len(numbers))) and 0 < len(numbers) < n
+        assert code == 1008, (code, len(frames))
+    line = next(line for line in log().splitlines() if b"client too slow for the shared output" in line)
+    stamp = line.split()[0].decode()
+    closed_at = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + int(stamp[20:23]) / 1000
+    # Filling its buffers takes a few ms, then its queue stays full for --sharedstallms.
+    print(f"stuck client closed {closed_at - asked:.3f}s after the burst began")
+    assert 0.45 < closed_at - asked < 3, closed_at - asked
+    assert re.search(rb"DISCONNECT / .*close=1008/too slow", log()), log()[-3000:]
+    assert log().count(b"client too slow") == 1
