@@ -438,3 +438,100 @@ async def test_a_client_that_never_reads_is_closed_1008_and_the_others_lose_noth
     assert 0.45 < closed_at - asked < 3, closed_at - asked
     assert re.search(rb"DISCONNECT / .*close=1008/too slow", log()), log()[-3000:]
     assert log().count(b"client too slow") == 1
+
+
+# --- --dir rooms, --maxforks, the control API, SIGTERM -------------------------------------
+
+
+@trio_test(30)
+async def test_each_dir_script_is_a_room_with_its_own_process(tmp_path):
+    rooms = tmp_path / "rooms"
+    rooms.mkdir()
+    for name in ("a.py", "b.py"):
+        script(rooms, name, HUB)
+    async with serving(make_config(dir=str(rooms), shared=True)) as (state, url):
+        async with open_websocket_url(url + "/a.py") as a1, open_websocket_url(url + "/a.py") as a2, \
+                open_websocket_url(url + "/b.py") as b1, open_websocket_url(url + "/b.py") as b2:
+            for name, ws in (("a1", a1), ("a2", a2), ("b1", b1), ("b2", b2)):
+                await join(ws, name)
+            pa, pb = await pid_of(a1), await pid_of(b1)
+            assert pa[4] == "/a.py" and pb[4] == "/b.py" and pa[0] != pb[0]
+            assert (await pid_of(a2))[0] == pa[0] and (await pid_of(b2))[0] == pb[0]
+            await a2.send_message("echo for room a")
+            await wait_for(a1, "for room a")
+            await b2.send_message("echo for room b")
+            skipped = await wait_for(b1, "for room b")
+            assert "for room a" not in skipped  # room a's output stays in room a
+        await gone(pa[0], pb[0])
+
+
+@trio_test(30)
+async def test_maxforks_counts_each_room_process(tmp_path):
+    rooms = tmp_path / "rooms"
+    rooms.mkdir()
+    for name in ("a.py", "b.py"):
+        script(rooms, name, HUB)
+    async with serving(make_config(dir=str(rooms), shared=True, maxforks=1)) as (state, url):
+        port = state.addresses[0][1]
+        async with open_websocket_url(url + "/a.py") as a1:
+            pid = (await pid_of(a1))[0]
+            async with open_websocket_url(url + "/a.py") as a2:  # the same process: no new slot
+                assert (await pid_of(a2))[0] == pid
+                head = await response_head(port, upgrade_request("/b.py"))
+                assert head.startswith(b"HTTP/1.1 429 "), head
+                assert b"Retry-After: 1" in head
+        await gone(pid)
+        with trio.fail_after(5):  # its slot is given back once it is reaped
+            while state.handlers.slots.taken:
+                await trio.sleep(0.02)
+        async with open_websocket_url(url + "/b.py") as b1:
+            assert (await pid_of(b1))[4] == "/b.py"
+
+
+@trio_test(30)
+async def test_control_api_lists_every_client_with_the_shared_pid(tmp_path):
+    handler = script(tmp_path, "hub.py", HUB)
+    async with serving(make_config(handler, shared=True, control="127.0.0.1:0")) as (state, url):
+        port = int(state.shared.control_url.rsplit(":", 1)[1])
+        async with open_websocket_url(url + "/x") as a, open_websocket_url(url + "/y") as b, \
+                open_websocket_url(url + "/z") as c:
+            for name, ws in (("a", a), ("b", b), ("c", c)):
+                await join(ws, name)
+            pid = (await pid_of(a))[0]
+            async with await Client.open(port) as client:
+                reply = await client.request("GET", "/connections")
+                listing = json.loads(reply.body)
+                assert sorted(item["path"] for item in listing) == ["/x", "/y", "/z"]
+                assert [item["pid"] for item in listing] == [pid] * 3
+                # a push reaches one client only, as in per-connection mode
+                target = next(item["id"] for item in listing if item["path"] == "/y")
+                reply = await client.request("POST", f"/connections/{target}", [("Content-Type", "text/plain")], b"just b")
+                assert reply.status == 204
+            await wait_for(b, "just b")
+            await a.send_message("echo after")
+            assert "just b" not in await wait_for(a, "after")
+
+
+def test_sigterm_closes_every_client_1001_and_stops_the_process(tmp_path):
+    handler = script(tmp_path, "hub.py", HUB)
+    server = WsexecProcess("--shared", str(handler))
+    log = drain_output(server)
+    result = {}
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with open_websocket_url(server.url + "/") as a, open_websocket_url(server.url + "/") as b, \
+                    open_websocket_url(server.url + "/") as c:
+                for name, ws in (("a", a), ("b", b), ("c", c)):
+                    await join(ws, name)
+                result["pid"], result["child"], *_ = await pid_of(a)
+                server.proc.send_signal(signal.SIGTERM)
+                result["codes"] = [(await closed(ws))[:2] for ws in (a, b, c)]
+
+    try:
+        trio.run(main)
+        assert server.proc.wait(10) == 0
+    finally:
+        server.stop()
+    assert result["codes"] == [(1001, "server shutting down")] * 3
+    assert not alive(result["pid"]) and not alive(result["child"]), log()[-2000:]
