@@ -535,3 +535,83 @@ def test_sigterm_closes_every_client_1001_and_stops_the_process(tmp_path):
         server.stop()
     assert result["codes"] == [(1001, "server shutting down")] * 3
     assert not alive(result["pid"]) and not alive(result["child"]), log()[-2000:]
+
+
+# --- --tagged, --topics, --binary ------------------------------------------------------------
+
+# --tagged: announces joins (with what the env says) and leaves to everyone;
+# a client's "to ID TEXT" goes to ID, "all TEXT" to everyone, "close ID CODE
+# REASON" closes ID, "raw TEXT" prints a line without a tab.
+TAGGED = """
+    import json, sys
+    for line in sys.stdin:
+        line = line.rstrip("\\n")
+        if line.startswith("+"):
+            cid, env = line[1:].split("\\t", 1)
+            env = json.loads(env)
+            print("*\\tjoin %s %s %s" % (cid, env["WSEXEC_CONNECTION_ID"] == cid, env["QUERY_STRING"]))
+            print("%s\\tyou are %s" % (cid, cid), flush=True)
+        elif line.startswith("-"):
+            cid, code = line[1:].split("\\t")
+            print("*\\tleave %s %s" % (cid, code), flush=True)
+        else:
+            cid, message = line.split("\\t", 1)
+            word, _, rest = message.partition(" ")
+            if word == "to":
+                target, text = rest.split(" ", 1)
+                print("%s\\t%s" % (target, text), flush=True)
+            elif word == "all":
+                print("*\\t%s says %s" % (cid, rest), flush=True)
+            elif word == "close":
+                target, reason = rest.split(" ", 1)
+                print("-%s\\t%s" % (target, reason), flush=True)
+            elif word == "raw":
+                print(rest, flush=True)
+"""
+
+
+async def tagged_join(ws, query: str) -> str:
+    """Its id, from the join line and the line addressed to it."""
+    with trio.fail_after(5):
+        while True:
+            message = await ws.get_message()
+            if message.startswith("you are "):
+                return message.split()[2]
+
+
+@trio_test(30)
+async def test_tagged_joins_addressing_closing_and_leaves(tmp_path):
+    handler = script(tmp_path, "tagged.py", TAGGED)
+    async with serving(make_config(handler, shared=True, tagged=True)) as (state, url):
+        port = state.addresses[0][1]
+        async with open_websocket_url(url + "/?name=alice") as alice:
+            a = await tagged_join(alice, "name=alice")
+            async with open_websocket_url(url + "/?name=bob") as bob:
+                b = await tagged_join(bob, "name=bob")
+                await wait_for(alice, f"join {b} True name=bob")  # the env, with its id, as JSON
+                await alice.send_message(f"to {b} hello bob")
+                assert await bob.get_message() == "hello bob"
+                await alice.send_message("to nosuchid hello?")  # an unknown id: dropped
+                await alice.send_message("raw no tab at all")  # no tab: dropped
+                await alice.send_message("all hi")
+                for ws in (alice, bob):  # nothing came before it
+                    assert await ws.get_message() == f"{a} says hi"
+
+                await bob.send_message(f"close {b} 4001 bye bob")
+                code, reason, _ = await closed(bob)
+                assert (code, reason) == (4001, "bye bob")
+            assert await alice.get_message() == f"leave {b} 4001"  # the code bob was closed with
+
+            async with open_websocket_url(url + "/?name=carol") as carol:
+                c = await tagged_join(carol, "name=carol")
+                await wait_for(alice, f"join {c} True name=carol")
+                await carol.aclose(code=4321, reason="carol out")
+            assert await alice.get_message() == f"leave {c} 4321"
+
+            stream, _ = await raw_upgrade(port, "/?name=dave")  # vanishes: no close frame
+            with trio.fail_after(5):
+                message = await alice.get_message()
+            assert message.startswith("join ") and message.endswith(" True name=dave")
+            d = message.split()[1]
+            await stream.aclose()
+            assert await alice.get_message() == f"leave {d} 1006"

@@ -150,7 +150,12 @@ class Member:
             if not self.hub.members and not self.hub.starting:
                 self.hub.retire()
         if self.outcome is None:
-            code = ending.code if ending.kind != CLIENT_GONE else 1006
+            # the code this client is closed with: the one the process (or a
+            # stall) closed it with, else the client's own
+            if self.close_with is not None:
+                code = self.close_with[0]
+            else:
+                code = ending.code if ending.kind != CLIENT_GONE else 1006
             try:
                 await self.hub.leave(self, code)
             finally:
