@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -615,3 +616,85 @@ async def test_tagged_joins_addressing_closing_and_leaves(tmp_path):
             d = message.split()[1]
             await stream.aclose()
             assert await alice.get_message() == f"leave {d} 1006"
+
+
+# "pub TOPIC TEXT" prints "TOPIC TEXT", as mosquitto_sub -v does.
+PUBLISHER = """
+    import sys
+    for line in sys.stdin:
+        word, _, rest = line.rstrip("\\n").partition(" ")
+        if word == "pub":
+            print(rest, flush=True)
+"""
+
+
+@trio_test(30)
+async def test_topics_send_each_client_the_lines_it_asked_for(tmp_path):
+    handler = script(tmp_path, "pub.py", PUBLISHER)
+    published = [
+        "sensors/kitchen/temp 21.5",
+        "sensors/garage/door open",
+        "alerts fire in the kitchen",
+        "sensors/kitchen/humidity 40",
+        "weather/out 12",
+    ]
+    queries = {
+        "all": "",  # no pattern: every line
+        "sensors": "?topic=sensors/*",  # '*' matches '/' too
+        "kitchen": "?topic=sensors/kitchen/*&topic=alerts",
+        "door": "?topic=sensors/garage/door",
+        "none": "?topic=nothing/*",
+    }
+    expected = {
+        "all": published,
+        "sensors": [published[0], published[1], published[3]],
+        "kitchen": [published[0], published[2], published[3]],
+        "door": [published[1]],
+        "none": [],
+    }
+    async with serving(make_config(handler, shared=True, topics=True)) as (state, url):
+        async with AsyncExitStack() as stack:
+            sockets = {}
+            for name, query in queries.items():
+                # every client with patterns also takes 'sync', to know when the lines are all out
+                target = "/" + query + ("&topic=sync" if query else "")
+                sockets[name] = await stack.enter_async_context(open_websocket_url(url + target))
+            with trio.fail_after(5):
+                while sum(len(h.members) for h in state.backend.hubs.values()) < len(queries):
+                    await trio.sleep(0.01)
+            for line in published + ["sync done"]:
+                await sockets["all"].send_message("pub " + line)
+            for name, ws in sockets.items():
+                got = await wait_for(ws, "sync done")
+                assert got == expected[name], name
+
+
+@trio_test(30)
+async def test_binary_reads_go_to_every_client(tmp_path):
+    handler = script(tmp_path, "echo.py", """
+        import os
+        while True:
+            data = os.read(0, 65536)
+            if not data:
+                break
+            os.write(1, data)
+    """)
+    async with serving(make_config(handler, shared=True, binary=True)) as (state, url):
+        async with open_websocket_url(url + "/") as a, open_websocket_url(url + "/") as b:
+            for ws, mark in ((a, b"A"), (b, b"B")):  # joined once its own bytes come back
+                await ws.send_message(mark)
+                with trio.fail_after(5):
+                    while await ws.get_message() != mark:
+                        pass
+            with trio.fail_after(5):
+                assert await a.get_message() == b"B"  # b's bytes reached a too
+            payload = bytes(range(256)) * 4096  # 1 MiB, not UTF-8
+            await a.send_message(payload)
+            for ws in (a, b):
+                got = b""
+                with trio.fail_after(10):
+                    while len(got) < len(payload):
+                        message = await ws.get_message()
+                        assert isinstance(message, bytes)  # binary frames
+                        got += message
+                assert got == payload
