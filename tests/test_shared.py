@@ -698,3 +698,30 @@ async def test_binary_reads_go_to_every_client(tmp_path):
                         assert isinstance(message, bytes)  # binary frames
                         got += message
                 assert got == payload
+
+
+# --- examples/chat-tagged.sh ---------------------------------------------------------------
+
+
+@trio_test(30)
+async def test_chat_tagged_example_announces_and_relays():
+    chat = ROOT / "examples" / "chat-tagged.sh"
+    assert chat.read_text().startswith("#!/bin/sh\n") and len(chat.read_text().splitlines()) < 20
+    with WsexecProcess("--shared", "--tagged", str(chat)) as server:
+        async with open_websocket_url(server.url + "/") as alice:
+            joined = await alice.get_message()
+            assert joined.startswith("* ") and joined.endswith(" joined")
+            a = joined.split()[1]
+            async with open_websocket_url(server.url + "/") as bob:
+                bob_joined = await bob.get_message()
+                b = bob_joined.split()[1]
+                assert bob_joined == f"* {b} joined" and b != a
+                assert await alice.get_message() == bob_joined
+                await alice.send_message("hello bob")
+                for ws in (alice, bob):
+                    assert await ws.get_message() == f"{a}: hello bob"
+                await bob.send_message("tabs\tand \\n stay")
+                for ws in (alice, bob):
+                    assert await ws.get_message() == f"{b}: tabs\tand \\n stay"
+            with trio.fail_after(5):
+                assert await alice.get_message() == f"* {b} left"
