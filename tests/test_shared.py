@@ -725,3 +725,95 @@ async def test_chat_tagged_example_announces_and_relays():
                     assert await ws.get_message() == f"{b}: tabs\tand \\n stay"
             with trio.fail_after(5):
                 assert await alice.get_message() == f"* {b} left"
+
+
+# --- the real Mosquitto ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_mosquitto_reaches_the_matching_clients_of_two_instances():
+    """examples/deploy/mosquitto.conf: one broker, two wsexec each running one
+    mosquitto_sub -v for all its clients; one publish reaches the matching
+    clients of both."""
+    port = free_port()
+    # Started as root, mosquitto drops to the user mosquitto: the file must be readable by it.
+    work = Path(tempfile.mkdtemp(prefix="wsexec-mosquitto-"))
+    work.chmod(0o755)
+    conf = work / "mosquitto.conf"
+    conf.write_text((ROOT / "examples" / "deploy" / "mosquitto.conf").read_text().replace("@PORT@", str(port)))
+    conf.chmod(0o644)
+    broker_log = open(work / "broker.log", "wb")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=broker_log, stderr=subprocess.STDOUT)
+    servers: List[WsexecProcess] = []
+    pids: set = set()  # the mosquitto_sub processes, one per instance
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert broker.poll() is None, (work / "broker.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen"
+                time.sleep(0.05)
+        sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-v", "-t", "sensors/#"]
+        for _ in range(2):
+            servers.append(WsexecProcess("--shared", "--topics", "--control", "127.0.0.1:0", *sub))
+        for server in servers:
+            drain_output(server)
+
+        async def main() -> dict:
+            got = {}
+            async with AsyncExitStack() as stack:
+                clients = {}
+                for name, server, query in (("kitchen@1", servers[0], "?topic=sensors/kitchen/*"),
+                                            ("garage@1", servers[0], "?topic=sensors/garage/*"),
+                                            ("sensors@2", servers[1], "?topic=sensors/*"),
+                                            ("other@2", servers[1], "?topic=other/*&topic=sensors/kitchen")):
+                    clients[name] = await stack.enter_async_context(open_websocket_url(server.url + "/" + query))
+                with trio.fail_after(10):
+                    # every client joined its instance's hub (the control API shows its pid) ...
+                    for server in servers:
+                        while True:
+                            async with await Client.open(server.control_port) as http:
+                                listing = json.loads((await http.request("GET", "/connections")).body)
+                            if len(listing) == 2 and all(item["pid"] for item in listing):
+                                pids.update(item["pid"] for item in listing)
+                                break
+                            await trio.sleep(0.05)
+                    # ... and both mosquitto_sub have subscribed
+                    while (work / "broker.log").read_bytes().count(b"Received SUBSCRIBE") < 2:
+                        await trio.sleep(0.05)
+                await trio.to_thread.run_sync(lambda: subprocess.run(
+                    ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "sensors/kitchen/temp", "-m", "21.5"],
+                    check=True, timeout=10))
+                for name in ("kitchen@1", "sensors@2"):
+                    with trio.fail_after(5):
+                        got[name] = await clients[name].get_message()
+                for name in ("garage@1", "other@2"):
+                    with trio.move_on_after(0.5):
+                        got[name] = await clients[name].get_message()
+            return got
+
+        got = trio.run(main)
+        assert got == {"kitchen@1": "sensors/kitchen/temp 21.5", "sensors@2": "sensors/kitchen/temp 21.5"}
+        assert len(pids) == 2
+        for server in servers:
+            assert server.stop() == 0
+        assert not any(alive(pid) for pid in pids)
+    finally:
+        for server in servers:
+            server.stop()
+        broker.terminate()
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait(5)
+        broker_log.close()
+        shutil.rmtree(work, ignore_errors=True)
