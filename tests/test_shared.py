@@ -17,14 +17,14 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from helpers import (
-    PY, ROOT, WsexecProcess, alive, client_frame, descendants, drain_output, make_config, open_fds, raw_upgrade,
+    ROOT, WsexecProcess, alive, client_frame, descendants, drain_output, make_config, open_fds, raw_upgrade,
     read_server_frames, response_head, script, serving, trio_test, upgrade_request, zombies,
 )
 from http_client import Client
@@ -817,3 +817,50 @@ def test_mosquitto_reaches_the_matching_clients_of_two_instances():
             broker.wait(5)
         broker_log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Reads nothing until the file GO exists, then tells each line it got: "whole
+# a", "hello", or "torn LENGTH".
+LATE_READER = """
+    import os, sys, time
+    go = sys.argv[1]
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    for line in sys.stdin.buffer:
+        line = line.rstrip(b"\\n")
+        if line == b"hello":
+            print("hello", flush=True)
+        elif line == b"a" * 1_000_000:
+            print("whole a", flush=True)
+        else:
+            print("torn", len(line), flush=True)
+"""
+
+
+@trio_test(30)
+async def test_a_client_leaving_mid_line_leaves_no_torn_line_on_stdin(tmp_path):
+    """The process is not reading; a's long line is half written when a
+    vanishes; b's line must not be glued to a's half."""
+    go = tmp_path / "go"
+    handler = script(tmp_path, "late.py", LATE_READER)
+    async with serving(make_config(handler, str(go), shared=True)) as (state, url):
+        port = state.addresses[0][1]
+        async with open_websocket_url(url + "/") as b:
+            assert await b.get_message() == "ready"
+            a, _ = await raw_upgrade(port)
+            with trio.fail_after(5):
+                while sum(len(h.members) for h in state.backend.hubs.values()) < 2:
+                    await trio.sleep(0.01)
+            await a.send_all(client_frame(0x1, b"a" * 1_000_000))  # more than the socket pair holds
+            await trio.sleep(0.5)  # a's line is being written, the process not reading
+            await b.send_message("hello")
+            a.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            await a.aclose()  # vanishes (RST)
+            await trio.sleep(2)  # wsexec notices within its stall check (1 s)
+            go.touch()
+            got = []
+            with trio.move_on_after(10):
+                while "hello" not in got:
+                    got.append(await b.get_message())
+            assert got and all(line in ("hello", "whole a") for line in got), got
