@@ -33,6 +33,7 @@ import trio
 from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.lines import LineSplitter, LineTooLong
+from ..net.streams import STALL_CHECK
 from ..websocket import BINARY, NORMAL, POLICY, TEXT
 from . import CLIENT_GONE, CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 from .process import line_message, process_outcome
@@ -82,6 +83,18 @@ def close_of(text: bytes) -> Tuple[int, str]:
 
 
 # --- one client of a hub ------------------------------------------------------------------
+
+
+class Write:
+    """Bytes for the process's stdin, written whole by the hub's writer."""
+
+    __slots__ = ("data", "started", "ok", "done")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.started = False
+        self.ok = False
+        self.done = trio.Event()
 
 
 class Member:
@@ -150,7 +163,12 @@ class Member:
             if not self.hub.members and not self.hub.starting:
                 self.hub.retire()
         if self.outcome is None:
-            code = ending.code if ending.kind != CLIENT_GONE else 1006
+            # the code this client is closed with: the one the process (or a
+            # stall) closed it with, else the client's own
+            if self.close_with is not None:
+                code = self.close_with[0]
+            else:
+                code = ending.code if ending.kind != CLIENT_GONE else 1006
             try:
                 await self.hub.leave(self, code)
             finally:
@@ -176,7 +194,12 @@ class Hub:
         self.starting = False
         self.failed = ""
         self.outcome: Optional[Outcome] = None  # set once the process has ended
-        self.stdin_lock = trio.Lock()
+        # stdin is written by one task, a whole write at a time: a client that
+        # leaves mid-write gives up waiting, not the rest of its line
+        self.writes: Deque[Write] = deque()
+        self.writes_waiting = trio.Event()
+        self.writer_scope = trio.CancelScope()
+        self.stdin_closed = False
         self.drained = trio.Event()
         self.linger_scope: Optional[trio.CancelScope] = None
         self.done = False  # the process ended or is being stopped: new clients start a new hub
@@ -198,7 +221,7 @@ class Hub:
             raise CannotStart(self.failed)
         if self.config.tagged:
             env_json = json.dumps(member.info.env, ensure_ascii=False, separators=(",", ":"))
-            await self.send_line(f"+{member.id}\t{env_json}".encode("utf-8", "surrogateescape"))
+            self.send_line(f"+{member.id}\t{env_json}".encode("utf-8", "surrogateescape"))
 
     async def start(self, first: Member) -> None:
         """The process, with the first client's environment; it is one more
@@ -220,13 +243,14 @@ class Hub:
             self.label = str(self.child.pid)
             logger.info("shared pid %s started for %s", self.label, self.program)
             self.backend.nursery.start_soon(self.read_output)
+            self.backend.nursery.start_soon(self.write_input)
         self.started.set()
 
     async def leave(self, member: Member, code: int) -> None:
         if self.members.pop(member.id, None) is None:
             return
         if self.config.tagged and not self.done:
-            await self.send_line(f"-{member.id}\t{code}".encode())
+            self.send_line(f"-{member.id}\t{code}".encode())
         self.drained.set()  # its queue no longer holds the output back
         if not self.members and not self.done:
             self.backend.nursery.start_soon(self.linger)
@@ -267,6 +291,7 @@ class Hub:
         for member in list(self.members.values()):
             member.end()
         assert self.child is not None
+        self.writer_scope.cancel()
         await self.backend.handlers.dispose(self.child)
         self.backend.handlers.slots.give_back()
 
@@ -283,20 +308,55 @@ class Hub:
             data = b"".join(b"%s\t%s\n" % (member.id.encode(), payload) for _, payload in messages)
         else:
             data = b"".join(payload + b"\n" for _, payload in messages)
-        async with self.stdin_lock:
-            try:
-                await self.child.io.send_all(data, still_wanted=member.info.client_present)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-        return True
+        write = self.queue_write(data)
+        try:
+            while not write.done.is_set():
+                with trio.move_on_after(STALL_CHECK):
+                    await write.done.wait()
+                if not write.done.is_set() and not member.info.client_present():
+                    return False  # the client left while the process was not reading
+            return write.ok
+        finally:
+            if not write.started and not write.done.is_set():
+                self.writes.remove(write)  # not begun: dropped whole
 
-    async def send_line(self, line: bytes) -> None:
+    def send_line(self, line: bytes) -> None:
+        """A line of wsexec's own (--tagged joins and leaves), without waiting."""
+        self.queue_write(line + b"\n")
+
+    def queue_write(self, data: bytes) -> "Write":
+        write = Write(data)
+        if self.stdin_closed:
+            write.done.set()
+        else:
+            self.writes.append(write)
+            self.writes_waiting.set()
+        return write
+
+    async def write_input(self) -> None:
+        """The one writer of the process's stdin: each write whole, in order,
+        so lines of different clients never interleave, even when a client
+        leaves half way through a long line."""
         assert self.child is not None
-        async with self.stdin_lock:
-            try:
-                await self.child.io.send_all(line + b"\n")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        try:
+            with self.writer_scope:
+                while True:
+                    while not self.writes:
+                        self.writes_waiting = trio.Event()
+                        await self.writes_waiting.wait()
+                    write = self.writes[0]
+                    write.started = True
+                    await self.child.io.send_all(write.data)
+                    write.ok = True
+                    self.writes.popleft()
+                    write.done.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the process closed its stdin, or ended
+        finally:
+            self.stdin_closed = True  # what is queued, or comes, is not written
+            for write in self.writes:
+                write.done.set()
+            self.writes.clear()
 
     # output
 
