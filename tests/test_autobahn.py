@@ -32,7 +32,7 @@ from typing import Dict, List
 
 import pytest
 
-from helpers import WsexecProcess, drain_output, script
+from support.servers import WsexecProcess, drain_output, script
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 NOT_BYTE_EXACT = ["1.2.1", "9.8.1"] + [f"9.4.{i}" for i in range(2, 10)]

@@ -9,10 +9,10 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from helpers import (
-    PY, alive, collect, descendants, make_config, raw_http, response_head, script, serving, trio_test, upgrade_request,
-)
-from http_client import Client, fetch, parse_raw
+from support.clients import Client, collect, fetch, parse_raw, raw_http, response_head, upgrade_request
+from support.procfs import alive, descendants
+from support.servers import PY, make_config, script, serving
+from support.waiting import trio_test, wait_slots_free, wait_until
 from wsexec.http import cgi
 
 DUMP_ENV = """
@@ -46,14 +46,6 @@ def parse_env(body: bytes) -> dict:
 
 def port_of(state) -> int:
     return state.addresses[0][1]
-
-
-async def no_forks(state, timeout: float = 3) -> bool:
-    """The answer can reach the client just before its script is reaped."""
-    with trio.move_on_after(timeout):
-        while state.handlers.slots.taken:
-            await trio.sleep(0.01)
-    return state.handlers.slots.taken == 0
 
 
 # --- pure: the script's header ----------------------------------------------------------
@@ -148,7 +140,7 @@ async def test_large_body_expect_continue_and_chunked_request(tmp_path):
         answer = await raw_http(port, b"POST /echo.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                                       b"5\r\nhello\r\n0\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 411 ") and b"Connection: close" in answer
-        assert await no_forks(state)
+        await wait_slots_free(state, 3)
 
 
 # --- the script's answer --------------------------------------------------------------------
@@ -200,7 +192,7 @@ async def test_status_redirects_and_headers(tmp_path):
         answer = await raw_http(port, b"GET /target.py HTTP/1.0\r\n\r\n")
         status, headers, body = parse_raw(answer)
         assert status == 200 and "transfer-encoding" not in headers and b"SERVER_PROTOCOL=HTTP/1.0" in body
-        assert await no_forks(state)
+        await wait_slots_free(state, 3)
 
 
 @trio_test(15)
@@ -256,7 +248,7 @@ async def test_broken_scripts_get_502_with_a_log_line(tmp_path, caplog):
                 assert reply.header("connection") == "close", name
         assert (await fetch(port, "GET", "/not-executable.py")).status == 404
         assert (await fetch(port, "GET", "/ok.py")).body == b"fine\n"
-        assert await no_forks(state)
+        await wait_slots_free(state, 3)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     for name in list(broken) + ["bad-interpreter.sh"]:
         assert any(f"CGI /{name}:" in line for line in errors), (name, errors)
@@ -276,14 +268,12 @@ async def test_script_past_the_time_limit_is_killed_with_its_group(tmp_path):
         reply = await fetch(port, "GET", "/silent.sh")
         assert reply.status == 504 and 0.4 < trio.current_time() - started < 3
         shell, sleeper = (int(p) for p in pids.read_text().split())
-        with trio.fail_after(3):
-            while alive(shell) or alive(sleeper):
-                await trio.sleep(0.02)
+        await wait_until(lambda: not alive(shell) and not alive(sleeper), 3, "the script and its child gone")
         # a script that started its answer and then stalls: the body is cut, the connection closed
         answer = await raw_http(port, b"GET /stalls.sh HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ") and b"start\n" in answer
         assert not answer.endswith(b"0\r\n\r\n")  # no last chunk: the client can tell it is incomplete
-        assert await no_forks(state)
+        await wait_slots_free(state, 3)
     assert descendants(os.getpid()) == []
 
 
@@ -309,19 +299,17 @@ async def test_maxforks_is_shared_with_websocket_handlers(tmp_path):
             assert state.handlers.slots.taken == 1
             reply = await fetch(port, "GET", "/ok.py")
             assert reply.status == 429 and reply.header("retry-after") == "1"
-        assert await no_forks(state)
+        await wait_slots_free(state, 3)
         assert (await fetch(port, "GET", "/ok.py")).body == b"fine\n"
         # the answer is complete only once its script is reaped and its slot free
         assert state.handlers.slots.taken == 0
         # and the other way round: a running CGI script holds the only slot
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch, port, "GET", "/wait.py")
-            with trio.fail_after(5):
-                while not started.exists():
-                    await trio.sleep(0.01)
+            await wait_until(started.exists, 5, f"{started} written")
             head = await response_head(port, upgrade_request("/"))
             assert head.startswith(b"HTTP/1.1 429 ")
-        assert await no_forks(state)
+        await wait_slots_free(state, 3)
 
 
 # --- route precedence -------------------------------------------------------------------------

@@ -14,8 +14,9 @@ import shutil
 import signal
 import tempfile
 
-from helpers import ROOT, WsexecProcess, collect, make_config, script, serving, trio_test
-from http_client import Client, fetch
+from support.clients import Client, collect, fetch
+from support.servers import ROOT, WsexecProcess, make_config, script, serving
+from support.waiting import trio_test
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT
+from support.servers import ROOT
 
 MAN = ROOT / "man" / "wsexec.1"
 README = ROOT / "README.md"

@@ -11,7 +11,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from helpers import ROOT, WsexecProcess, readline_within, trio_test
+from support.servers import ROOT, WsexecProcess
+from support.waiting import trio_test, wait_for_line
 
 EXAMPLES = ROOT / "examples"
 HANDLERS = ["count.sh", "count.py", "greeter.sh", "greeter.py", "dump-env.sh", "dump-env.py"]
@@ -29,16 +30,6 @@ async def read_until_closed(url: str) -> Tuple[List[object], List[float], Option
         except ConnectionClosed as e:
             return messages, times, e.reason.code
     raise AssertionError("unreachable")
-
-
-def wait_for_log(server: WsexecProcess, word: bytes, timeout: float = 5) -> bytes:
-    """The first stderr line of the server that contains word."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = readline_within(server.proc.stderr, deadline - time.monotonic())
-        if word in line:
-            return line
-    raise AssertionError(f"no {word!r} line in the server log within {timeout}s")
 
 
 def environment(lines: List[object]) -> Dict[str, str]:
@@ -75,7 +66,7 @@ async def test_greeter_answers_each_line_and_exits_0_on_eof(name):
                 with trio.fail_after(5):  # each answer comes before the next message: flushed
                     assert await ws.get_message() == f"Hello, {who}!"
         # Leaving closes the greeter's stdin; it ends by itself with status 0.
-        line = wait_for_log(server, b"DISCONNECT")
+        line = wait_for_line(server.proc.stderr, b"DISCONNECT", 5)
     assert b" exit status 0 " in line, line
 
 

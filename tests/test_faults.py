@@ -19,20 +19,10 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import trio
 
-from helpers import (
-    WsexecProcess,
-    alive,
-    client_frame,
-    cpu_seconds,
-    descendants,
-    drain_output,
-    fd_count,
-    raw_upgrade,
-    read_server_frames,
-    script,
-    trio_test,
-    zombies,
-)
+from support.clients import client_frame, raw_upgrade, read_server_frames, upgrade_request
+from support.procfs import alive, cpu_seconds, descendants, fd_count, zombies
+from support.servers import WsexecProcess, drain_output, script
+from support.waiting import trio_test, wait_all_gone, wait_no_descendants, wait_until
 
 SH = "/bin/sh"
 
@@ -74,16 +64,6 @@ def fault_server(tmp_path_factory):  # type: ignore[no-untyped-def]
         yield server
 
 
-def wait_no_descendants(pid: int, timeout: float = 5) -> float:
-    """Seconds until pid has no descendants; AssertionError after timeout."""
-    start = time.monotonic()
-    while descendants(pid):
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"left behind: {descendants(pid)}")
-        time.sleep(0.01)
-    return time.monotonic() - start
-
-
 async def session(port: int, path: str, send: List[bytes] = (), close_after_first: bool = False,  # type: ignore[assignment]
                   then_eof: bool = False) -> Tuple[List[bytes], Optional[int]]:
     """Connect; optionally send frames; if close_after_first, wait for one
@@ -110,15 +90,6 @@ def _one_frame(buf: bytes) -> Optional[bytes]:
     return None
 
 
-def all_gone(pids: List[int], timeout: float = 2) -> bool:
-    """A process killed by a signal can take a moment to die, more so on a
-    busy machine, and one re-parented to init is no longer our descendant."""
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return not any(alive(p) for p in pids)
-
-
 def pids_of(message: bytes) -> List[int]:
     return [int(x) for x in message.split()]
 
@@ -129,7 +100,7 @@ def test_client_leaves_and_the_whole_group_goes(fault_server, name) -> None:  # 
     pids = pids_of(messages[0])
     assert code == 1000  # our close, echoed
     took = wait_no_descendants(fault_server.proc.pid)
-    assert all_gone(pids), pids
+    wait_all_gone(pids, 2)
     # the ladder: SIGKILL at closems + 500 ms is the latest
     assert took < 1.5, took
 
@@ -139,7 +110,7 @@ def test_orphaned_grandchild_is_killed_when_the_shell_exits(fault_server) -> Non
     assert code == 1000 and len(messages) == 1
     shell, grandchild = pids_of(messages[0])
     wait_no_descendants(fault_server.proc.pid)
-    assert all_gone([grandchild])
+    wait_all_gone([grandchild], 2)
 
 
 def test_deaf_child_with_a_full_stdin_still_notices_the_client_leaving(fault_server) -> None:  # type: ignore[no-untyped-def]
@@ -228,9 +199,7 @@ async def test_fd_exhaustion_refuses_cleanly_and_recovers(tmp_path) -> None:  # 
         pid = server.proc.pid
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
         await echo_again(server.port)  # warm-up: every lazily opened fd is open
-        with trio.fail_after(5):
-            while descendants(pid):
-                await trio.sleep(0.02)
+        await wait_until(lambda: not descendants(pid), 5, "no handler left from the warm-up")
         base = fd_count(pid)
         streams = []
         try:
@@ -238,7 +207,7 @@ async def test_fd_exhaustion_refuses_cleanly_and_recovers(tmp_path) -> None:  # 
             for i in range(NOFILE):
                 stream = await trio.open_tcp_stream("127.0.0.1", server.port)
                 streams.append(stream)
-                await stream.send_all(_upgrade())
+                await stream.send_all(upgrade_request())
 
             async def outcome(stream, result: Dict[str, int]) -> None:  # type: ignore[no-untyped-def]
                 data, status = b"", "no answer in 3 s"
@@ -276,10 +245,8 @@ async def test_fd_exhaustion_refuses_cleanly_and_recovers(tmp_path) -> None:  # 
             for stream in streams:
                 await stream.aclose()
         # every fd comes back and it serves again
-        with trio.move_on_after(10):
-            while fd_count(pid) > base or descendants(pid):
-                await trio.sleep(0.05)
-        assert fd_count(pid) <= base and not descendants(pid), (base, os.listdir(f"/proc/{pid}/fd"), descendants(pid))
+        await wait_until(lambda: fd_count(pid) <= base and not descendants(pid), 10,
+                         lambda: f"fds back to {base}: {os.listdir(f'/proc/{pid}/fd')}, no handler: {descendants(pid)}")
         await echo_again(server.port)
         assert server.proc.poll() is None, tail()
 
@@ -291,12 +258,6 @@ async def echo_again(port: int) -> None:
             await stream.send_all(client_frame(0x1, b"again"))
             while b"again" not in rest:
                 rest += await stream.receive_some(4096)
-
-
-def _upgrade() -> bytes:
-    from helpers import upgrade_request
-
-    return upgrade_request()
 
 
 # --- SIGTERM with many sessions ----------------------------------------------

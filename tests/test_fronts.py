@@ -15,15 +15,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
-from certs import make_certs
-from helpers import ROOT, WsexecProcess, drain_output, read_server_frames, script, upgrade_request
+from support.certs import make_certs
+from support.clients import raw_http, read_server_frames, upgrade_on, upgrade_request
+from support.servers import ROOT, WsexecProcess, drain_output, script
+from support.waiting import wait_for
 
 DEPLOY = ROOT / "examples" / "deploy"
 
@@ -60,16 +61,18 @@ def free_port(host: str) -> int:
 
 
 def wait_listening(host: str, port: int, proc: subprocess.Popen, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until proc accepts connections on host:port; AssertionError at once if it exits."""
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{what} exited with {proc.returncode}: {proc.stderr.read().decode(errors='replace')}")
         try:
             socket.create_connection((host, port), timeout=1).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{what} is not listening on {host}:{port} after {timeout} s")
+            return False
+
+    wait_for(listening, timeout, f"{what} listening on {host}:{port}")
 
 
 @contextmanager
@@ -97,14 +100,7 @@ async def env_through(port: int, host_header: str, context=None, extra: str = ""
         stream = tcp if context is None else trio.SSLStream(tcp, context, server_hostname="localhost",
                                                             https_compatible=True)
         async with stream:
-            await stream.send_all(upgrade_request("/chat?room=1", extra, host_header))
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                data = await stream.receive_some(65536)
-                assert data, f"closed before the handshake answer: {buf!r}"
-                buf += data
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 101 "), head
+            rest = await upgrade_on(stream, "/chat?room=1", extra, host_header)
             frames, code = await read_server_frames(stream, rest)
     assert code == 1000, (frames, code)
     return dict(p.decode().split("=", 1) for _, p in frames), client_port
@@ -136,21 +132,8 @@ def test_wsexec_refuses_connections_without_the_proxy_header(tmp_path):
     handler = script(tmp_path, "env.py", DUMP_ENV)
     with WsexecProcess("--proxy-protocol", str(handler)) as server:
         log = drain_output(server)
-
-        async def direct():
-            with trio.fail_after(10):
-                stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-                async with stream:
-                    await stream.send_all(upgrade_request())
-                    try:
-                        return await stream.receive_some(100)
-                    except trio.BrokenResourceError:
-                        return b""
-
-        assert trio.run(direct) == b""
-        deadline = time.monotonic() + 5
-        while b"no PROXY protocol header" not in log() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert trio.run(lambda: raw_http(server.port, upgrade_request(), timeout=10)) == b""
+        wait_for(lambda: b"no PROXY protocol header" in log(), 5, "the refusal logged")
         assert b"REFUSED: no PROXY protocol header" in log()
 
 

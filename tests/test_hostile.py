@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -21,23 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
-from helpers import (
-    WsexecProcess,
-    alive,
-    client_frame,
-    collect,
-    descendants,
-    drain_output,
-    make_config,
-    proc_status,
-    raw_http,
-    raw_upgrade,
-    read_server_frames,
-    script,
-    serving,
-    trio_test,
-    upgrade_request,
+from support.clients import (
+    client_frame, collect, raw_http, raw_upgrade, read_server_frames, upgrade_request,
 )
+from support.procfs import alive, descendants, proc_status
+from support.servers import WsexecProcess, drain_output, make_config, script, serving
+from support.waiting import trio_test, wait_gone, wait_no_descendants, wait_slots_free, wait_until
 
 MAXHEADER = 2048
 
@@ -60,29 +47,6 @@ def status_of(answer: bytes) -> Optional[int]:
     first = answer.split(b"\r\n", 1)[0].split()
     assert len(first) >= 2 and first[0] == b"HTTP/1.1", answer[:200]
     return int(first[1])
-
-
-def sync_exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
-    """Send bytes, half-close, read the whole answer (a reset counts as the end)."""
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the server answered and closed before reading it all (EPIPE, ECONNRESET, ENOTCONN)
-        chunks = []
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        else:
-            raise AssertionError("the server did not close the connection in time")
-        return b"".join(chunks)
 
 
 def head(method: str = "GET", target: str = "/", version: str = "HTTP/1.1", drop: str = "", extra: List[str] = ()) -> bytes:  # type: ignore[assignment]
@@ -151,7 +115,7 @@ def fuzz_server(tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_malformed_handshakes_are_refused_without_a_child(fuzz_server, case) -> None:  # type: ignore[no-untyped-def]
     server, marker = fuzz_server
     kind, data = case
-    answer = sync_exchange(server.port, data)
+    answer = trio.run(lambda: raw_http(server.port, data, half_close=True))
     status = status_of(answer)
     assert status in ALLOWED[kind], (kind, data[:300], answer[:300])
     if status == 426:
@@ -165,7 +129,7 @@ def test_server_still_serves_after_the_fuzzing(fuzz_server) -> None:  # type: ig
     # Runs after the hypothesis test (file order): the same server still works.
     server, marker = fuzz_server
     # The same valid head the fuzzer mutates really is accepted (the fuzz is not refusing everything).
-    answer = sync_exchange(server.port, VALID)
+    answer = trio.run(lambda: raw_http(server.port, VALID, half_close=True))
     assert answer.startswith(b"HTTP/1.1 101 "), answer[:200]
     assert trio.run(echo_once, server.url + "/", "ping") == "ping"
     assert len(started_pids(marker)) == 2
@@ -238,7 +202,7 @@ async def run_slowloris(tmp_path: Path, n: int) -> None:
         assert all(status == 408 for _, status in results), results[:5]
         # cut off at --handshakems (1.5 s), not before, and not much after
         assert 1.4 <= durations[0] and durations[-1] < 3.5, (durations[0], durations[-1])
-        await wait_until(lambda: state.handlers.slots.taken == 0)
+        await wait_slots_free(state, 3)
 
 
 @trio_test(30)
@@ -262,22 +226,9 @@ def pid_handler(directory: Path) -> Tuple[Path, Path]:
 
 
 async def wait_pid(pidfile: Path) -> int:
-    with trio.fail_after(5):
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            await trio.sleep(0.01)
+    """The PID the handler wrote to pidfile, once it is there."""
+    await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5, f"a PID in {pidfile}")
     return int(pidfile.read_text())
-
-
-async def wait_until(condition, timeout: float = 3) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
-
-
-async def wait_gone(pid: int, timeout: float = 3) -> None:
-    with trio.fail_after(timeout):
-        while alive(pid):
-            await trio.sleep(0.01)
 
 
 async def frames_close_code(tmp_path: Path, frames: List[bytes], echo_bytes: int = 0, **options) -> Tuple[List, Optional[int]]:  # type: ignore[no-untyped-def]
@@ -302,8 +253,8 @@ async def frames_close_code(tmp_path: Path, frames: List[bytes], echo_bytes: int
                         rest += await stream.receive_some(65536)
                     await stream.send_all(client_frame(0x8, b"\x03\xe8"))
                 received, code = await read_server_frames(stream, rest)
-            await wait_gone(pid)
-            await wait_until(lambda: state.handlers.slots.taken == 0)
+            await wait_gone(pid, 3)
+            await wait_slots_free(state, 3)
     return received, code
 
 
@@ -342,7 +293,7 @@ async def test_oversized_output_line_closes_1009(tmp_path) -> None:  # type: ign
     async with serving(make_config(str(handler), maxmessage=1024, loglevel="fatal")) as (state, url):
         messages, code, _ = await collect(url + "/", timeout=10)
         assert code == 1009 and messages == []
-        await wait_gone(int(pidfile.read_text()))
+        await wait_gone(int(pidfile.read_text()), 3)
 
 
 BAD_UTF8 = {
@@ -449,16 +400,7 @@ def test_client_that_never_reads_gets_backpressure(tmp_path, mode) -> None:  # t
         assert second == first, (first, second)  # and no longer moving
         assert growth < RSS_BOUND_KB, growth
         # the client left: the blocked handler is ended too
-        assert wait_no_descendants(server.proc.pid), descendants(server.proc.pid)
-
-
-def wait_no_descendants(pid: int, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not descendants(pid):
-            return True
-        time.sleep(0.02)
-    return False
+        wait_no_descendants(server.proc.pid)
 
 
 # --- path traversal against --dir --------------------------------------------
@@ -644,6 +586,4 @@ async def test_origin_checks(tmp_path, options, origin, expected) -> None:  # ty
             await trio.sleep(0.2)  # time a handler would have needed to start
             assert started_pids(marker) == []
         else:
-            with trio.fail_after(5):
-                while not started_pids(marker):
-                    await trio.sleep(0.01)
+            await wait_until(lambda: started_pids(marker), 5, "a handler started")

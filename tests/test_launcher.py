@@ -10,10 +10,12 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import (
-    PY, ROOT, WsexecProcess, alive, collect, descendants, make_config, open_fds, raw_http, readline_within, response_head, script,
-    serving, trio_test, upgrade_request, raw_upgrade, client_frame, read_server_frames,
+from support.clients import (
+    client_frame, collect, raw_http, raw_upgrade, read_server_frames, response_head, upgrade_request,
 )
+from support.procfs import alive, descendants, open_fds
+from support.servers import PY, ROOT, WsexecProcess, make_config, script, serving
+from support.waiting import readline_within, trio_test, wait_gone, wait_slots_free, wait_until
 
 DUMP_ENV = """
 import os
@@ -34,13 +36,6 @@ while True:
 
 def parse_env(messages):
     return dict(m.split("=", 1) for m in messages)
-
-
-async def wait_gone(pid, timeout=3.0):
-    with trio.move_on_after(timeout):
-        while alive(pid):
-            await trio.sleep(0.02)
-    return not alive(pid)
 
 
 # --- environment ------------------------------------------------------------------
@@ -227,7 +222,7 @@ async def test_client_gone_stops_a_child_that_ignores_sigint_and_sigterm(tmp_pat
         async with open_websocket_url(url) as ws:
             pid = int(await ws.get_message())
         start = trio.current_time()
-        assert await wait_gone(pid, 3)
+        await wait_gone(pid, 3)
         # SIGKILL comes at closems + 500 ms.
         assert 0.5 <= trio.current_time() - start < 2.5
         await trio.sleep(0.1)
@@ -246,9 +241,7 @@ async def test_client_gone_closes_stdin_first(tmp_path):
     async with serving(make_config(handler)) as (state, url):
         async with open_websocket_url(url) as ws:
             assert await ws.get_message() == "ready"
-        with trio.move_on_after(3):
-            while not marker.exists():
-                await trio.sleep(0.02)
+        await wait_until(marker.exists, 3, f"{marker} written")
     assert marker.read_text() == "saw eof"
 
 
@@ -268,7 +261,7 @@ def test_grandchildren_are_killed(tmp_path, ending):
                     with pytest.raises(ConnectionClosed) as closed:
                         await ws.get_message()
                     assert closed.value.reason.code == 1000
-            assert await wait_gone(grandchild, 3)
+            await wait_gone(grandchild, 3)
 
     run()
 
@@ -326,9 +319,7 @@ async def test_maxforks_answers_429_when_full(tmp_path):
             assert await ws.get_message() == "hold"
             answer = await raw_http(port, upgrade_request())
             assert answer.startswith(b"HTTP/1.1 429 ")
-        with trio.fail_after(3):
-            while state.handlers.slots.taken:
-                await trio.sleep(0.02)
+        await wait_slots_free(state, 3)
         async with open_websocket_url(url) as ws:
             await ws.send_message("again")
             assert await ws.get_message() == "again"
@@ -466,9 +457,7 @@ async def test_hundred_concurrent_clients(tmp_path):
         async with trio.open_nursery() as nursery:
             for i in range(100):
                 nursery.start_soon(client, url, i)
-        with trio.fail_after(5):
-            while state.handlers.slots.taken:
-                await trio.sleep(0.02)
+        await wait_slots_free(state, 5)
     assert sorted(results) == list(range(100))
     assert open_fds() <= before + 2
     assert descendants(os.getpid()) == []
@@ -605,7 +594,7 @@ def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
         trio.run(main)
     finally:
         server.stop()
-    assert trio.run(wait_gone, pids[0])
+    trio.run(wait_gone, pids[0], 3.0)
 
 
 @trio_test(10)
@@ -639,23 +628,15 @@ async def test_pings_keep_an_answering_client_and_drop_a_silent_one(tmp_path):
             assert not ws.closed
         # A client that completes the handshake and then answers nothing is dropped.
         port = state.addresses[0][1]
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(upgrade_request())
-            received = b""
-            start = trio.current_time()
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    break
-                received += data
-            elapsed = trio.current_time() - start
+        start = trio.current_time()
+        received = await raw_http(port, upgrade_request())
+        elapsed = trio.current_time() - start
         assert b"\x89\x00" in received  # it was pinged (an empty ping frame)
         assert 0.2 <= elapsed < 2
         frames = received.split(b"\r\n\r\n", 1)[1]
         assert frames[0] == 0x81  # the handler's first line, a text frame
         pid = int(frames[2 : 2 + frames[1]])
-        assert await wait_gone(pid, 3)
+        await wait_gone(pid, 3)
 
 
 def test_sigterm_right_after_the_listening_line_takes_the_graceful_path():
@@ -684,8 +665,6 @@ async def test_an_empty_close_frame_is_logged_as_empty(caplog):
                 await stream.send_all(client_frame(0x8))
                 frames, code = await read_server_frames(stream, rest)
             assert (frames, code) == ([], 1005)  # the echo is empty too
-            with trio.fail_after(5):
-                while not any("DISCONNECT" in r.getMessage() for r in caplog.records):
-                    await trio.sleep(0.02)
+            await wait_until(lambda: any("DISCONNECT" in r.getMessage() for r in caplog.records), 5, "a DISCONNECT line")
     line = [r.getMessage() for r in caplog.records if "DISCONNECT" in r.getMessage()][0]
     assert "close=empty/-" in line and "client_close=empty" in line and "1005" not in line, line

@@ -1,19 +1,18 @@
 """Where connections come from: several addresses (IPv4 and IPv6 at once), a
 unix domain socket, sockets passed by systemd, and inetd's stdin/stdout."""
 
-import functools
 import os
 import socket
 import stat
 import subprocess
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from helpers import PY, ROOT, make_config, read_server_frames, readline_within, script, trio_test, upgrade_request
+from support.clients import read_server_frames, upgrade_on
+from support.servers import PY, ROOT, make_config, script, serving
+from support.waiting import readline_within, trio_test
 from wsexec.net.listen import activated_fds
-from wsexec.server import serve
 
 DUMP_ENV = """
 import os
@@ -25,27 +24,10 @@ print("FDS=" + ",".join(sorted(os.listdir("/proc/self/fd"), key=int)))
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-@asynccontextmanager
-async def running(config):
-    async with trio.open_nursery() as nursery:
-        state = await nursery.start(functools.partial(serve, config, handle_signals=False))
-        try:
-            yield state
-        finally:
-            state.shutdown()
-
-
 async def env_over(stream, host="127.0.0.1", extra=""):
     """An upgrade on an open stream; the handler's KEY=VALUE lines as a dict."""
     async with stream:
-        await stream.send_all(upgrade_request("/p?x=1", extra, host))
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await stream.receive_some(65536)
-            assert data, buf
-            buf += data
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101 "), head
+        rest = await upgrade_on(stream, "/p?x=1", extra, host)
         frames, code = await read_server_frames(stream, rest)
     assert code == 1000, frames
     return dict(p.decode().split("=", 1) for _, p in frames)
@@ -72,7 +54,7 @@ def test_activated_fds(environ, pid, fds):
 @trio_test(15)
 async def test_ipv4_and_ipv6_listeners_at_once(tmp_path):
     handler = script(tmp_path, "env.py", DUMP_ENV)
-    async with running(make_config(handler, addresses=("127.0.0.1", "::1"))) as state:
+    async with serving(make_config(handler, addresses=("127.0.0.1", "::1"))) as (state, _):
         assert sorted(a[0] for a in state.addresses) == ["127.0.0.1", "::1"]
         port = state.addresses[0][1]
         assert all(a[1] == port for a in state.addresses)  # --port 0: one port for all
@@ -102,7 +84,7 @@ def test_process_prints_every_listener(tmp_path):
 async def test_unix_socket(tmp_path):
     handler = script(tmp_path, "env.py", DUMP_ENV)
     path = str(tmp_path / "ws.sock")
-    async with running(make_config(handler, unixsocket=path, addresses=())) as state:
+    async with serving(make_config(handler, unixsocket=path, addresses=())) as (state, _):
         assert state.addresses == [] and state.urls == [f"ws+unix:{path}"]
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
         with trio.fail_after(10):
@@ -119,7 +101,7 @@ async def test_unix_socket_with_tcp_and_mode(tmp_path):
     handler = script(tmp_path, "env.py", DUMP_ENV)
     path = str(tmp_path / "ws.sock")
     config = make_config(handler, unixsocket=path, unixsocket_mode=0o600, addresses=("127.0.0.1",))
-    async with running(config) as state:
+    async with serving(config) as (state, _):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         port = state.addresses[0][1]
         with trio.fail_after(10):
@@ -132,7 +114,7 @@ async def test_unix_socket_behind_a_trusted_front(tmp_path):
     """A front on the same machine passes the client address in X-Forwarded-For."""
     handler = script(tmp_path, "env.py", DUMP_ENV)
     path = str(tmp_path / "ws.sock")
-    async with running(make_config(handler, unixsocket=path, addresses=(), trusted_proxies=("unix",))):
+    async with serving(make_config(handler, unixsocket=path, addresses=(), trusted_proxies=("unix",))):
         with trio.fail_after(10):
             env = await env_over(await trio.open_unix_socket(path), extra="X-Forwarded-For: 203.0.113.5\r\n")
     assert env["REMOTE_ADDR"] == "203.0.113.5"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import trio
 
-from helpers import make_config, raw_http, script, serving, trio_test, upgrade_request
+from support.clients import raw_http, upgrade_request
+from support.servers import make_config, script, serving
+from support.waiting import trio_test
 
 # Each handler counts itself in and out under a lock and records how many
 # were running when it came in; it holds its slot for 0.4 s.

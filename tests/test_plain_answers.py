@@ -13,8 +13,9 @@ from email.utils import parsedate_to_datetime
 import pytest
 import trio
 
-from helpers import WsexecProcess, raw_http, script, trio_test, upgrade_request
-from http_client import fetch
+from support.clients import fetch, raw_http, upgrade_request
+from support.servers import WsexecProcess, script
+from support.waiting import trio_test
 
 CGI = """
     print("Content-Type: text/plain")

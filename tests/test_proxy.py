@@ -7,7 +7,9 @@ import struct
 import pytest
 import trio
 
-from helpers import make_config, read_server_frames, script, serving, trio_test, upgrade_request
+from support.clients import raw_http, read_server_frames, upgrade_request
+from support.servers import make_config, script, serving
+from support.waiting import trio_test
 from wsexec.config import ConfigError
 from wsexec.net.proxy import (
     UNIX, Hop, ProxyError, ProxyHeader, forwarded_hops, parse_node, parse_proxy_header, parse_trust, resolve,
@@ -302,14 +304,7 @@ def test_proxy_protocol_refuses_bad_headers(tmp_path, prefix, caplog):
     async def run():
         async with serving(make_config(handler, proxy_protocol=True)) as (state, _):
             port = state.addresses[0][1]
-            with trio.fail_after(5):
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                async with stream:
-                    await stream.send_all(prefix + upgrade_request())
-                    try:
-                        data = await stream.receive_some(65536)
-                    except trio.BrokenResourceError:
-                        data = b""
+            data = await raw_http(port, prefix + upgrade_request())
             assert data == b""  # closed without an answer
             # ... and the server still serves others.
             env = await env_over(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 4711 443\r\n")

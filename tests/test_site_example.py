@@ -8,8 +8,9 @@ import re
 import trio
 from trio_websocket import open_websocket_url
 
-from helpers import ROOT, WsexecProcess, trio_test
-from http_client import Client
+from support.servers import ROOT, WsexecProcess
+from support.waiting import trio_test
+from support.clients import Client
 from test_devconsole import ARTIFACTS, ceiling, headless_chromium
 
 SITE = ROOT / "examples" / "site"

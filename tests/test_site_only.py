@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
-from helpers import PY, ROOT, WsexecProcess, raw_http, script, trio_test, upgrade_request
-from http_client import fetch
+from support.clients import fetch, raw_http, upgrade_request
+from support.servers import PY, ROOT, WsexecProcess, script
+from support.waiting import trio_test
 
 CGI = """
     print("Content-Type: text/plain")

@@ -11,19 +11,10 @@ from typing import Dict, List
 import pytest
 import trio
 
-from helpers import (
-    WsexecProcess,
-    client_frame,
-    descendants,
-    drain_output,
-    fd_count,
-    proc_status,
-    raw_upgrade,
-    read_server_frames,
-    script,
-    trio_test,
-    zombies,
-)
+from support.clients import client_frame, raw_upgrade, read_server_frames
+from support.procfs import descendants, fd_count, proc_status, zombies
+from support.servers import WsexecProcess, drain_output, script
+from support.waiting import trio_test, wait_until
 
 CYCLES = 5000
 CONCURRENCY = 20
@@ -86,9 +77,7 @@ async def test_soak_5000_cycles_leave_nothing_behind(tmp_path) -> None:  # type:
         # warm-up, then the baseline
         for kind in ORDER:
             await cycle(server.port, kind)
-        with trio.fail_after(5):
-            while descendants(pid):
-                await trio.sleep(0.02)
+        await wait_until(lambda: not descendants(pid), 5, "no handler left from the warm-up")
         base_fds, base_rss = fd_count(pid), proc_status(pid, "VmRSS")
 
         start = time.monotonic()
@@ -98,9 +87,8 @@ async def test_soak_5000_cycles_leave_nothing_behind(tmp_path) -> None:  # type:
                     nursery.start_soon(worker)
         took = time.monotonic() - start
 
-        with trio.fail_after(5):
-            while descendants(pid) or fd_count(pid) > base_fds:
-                await trio.sleep(0.02)
+        await wait_until(lambda: not descendants(pid) and fd_count(pid) <= base_fds, 5,
+                         lambda: f"no handler left ({descendants(pid)}), fds back to {base_fds} ({fd_count(pid)})")
         fds, rss = fd_count(pid), proc_status(pid, "VmRSS")
         print(
             f"soak: {CYCLES} cycles in {took:.1f} s ({CYCLES / took:.0f}/s), fds {base_fds} -> {fds}, "

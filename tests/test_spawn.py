@@ -14,7 +14,9 @@ import trio
 
 from wsexec.proc.spawn import RESET_SIGNALS, Spawner
 
-from helpers import WsexecProcess, descendants, trio_test
+from support.procfs import descendants
+from support.servers import WsexecProcess
+from support.waiting import trio_test
 from trio_websocket import open_websocket_url
 
 MODES = [pytest.param(True, id="thread"), pytest.param(False, id="inline")]

@@ -9,8 +9,10 @@ from email.utils import formatdate
 import pytest
 import trio
 
-from helpers import WsexecProcess, make_config, proc_status, raw_http, response_head, serving, trio_test, upgrade_request
-from http_client import Client, parse_raw
+from support.clients import Client, parse_raw, raw_http, response_head, upgrade_request
+from support.procfs import proc_status
+from support.servers import WsexecProcess, make_config, serving
+from support.waiting import trio_test
 from wsexec.http import static
 
 SECRET = b"top secret, outside the root"
@@ -385,7 +387,7 @@ async def test_redirport_answers_301_to_https_keeping_path_and_query(site):
 def test_cli_checks_the_http_options(tmp_path):
     import subprocess
 
-    from helpers import PY, ROOT
+    from support.servers import PY, ROOT
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for args, code in [

@@ -5,7 +5,7 @@ import socket
 import pytest
 import trio
 
-from helpers import trio_test
+from support.waiting import trio_test, wait_until
 from wsexec.net.streams import Socket
 
 
@@ -45,9 +45,7 @@ async def test_peer_open_follows_the_tcp_state():
     ours = Socket(b)
     assert ours.peer_open()
     a.close()
-    with trio.fail_after(2):
-        while ours.peer_open():
-            await trio.sleep(0.01)
+    await wait_until(lambda: not ours.peer_open(), 2, "the peer seen closed")
     ours.close()
 
 

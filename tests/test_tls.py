@@ -11,8 +11,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from certs import make_certs
-from helpers import PY, ROOT, make_config, raw_http, readline_within, script, serving, trio_test, upgrade_request
+from support.certs import make_certs
+from support.clients import raw_http, upgrade_request
+from support.servers import PY, ROOT, make_config, script, serving
+from support.waiting import readline_within, trio_test
 from wsexec.config import ConfigError
 from wsexec.net.tls import client_variables, rfc4514
 
