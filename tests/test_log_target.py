@@ -11,7 +11,9 @@ import time
 import pytest
 import trio
 
-from helpers import PY, ROOT, WsexecProcess, collect, readline_within, script
+from support.clients import collect
+from support.servers import PY, ROOT, WsexecProcess, script
+from support.waiting import readline_within, wait_for
 
 HELLO = 'print("hi", flush=True)\n'
 
@@ -31,14 +33,6 @@ def finish(server: WsexecProcess):
     """SIGTERM it, wait for it (bounded), and return (stdout rest, stderr)."""
     assert server.stop() == 0
     return server.proc.communicate(timeout=5)
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
 
 
 def read(path) -> str:
@@ -97,17 +91,17 @@ def test_log_file_is_reopened_on_sighup_after_logrotate_renames_it(tmp_path):
     with WsexecProcess("--log", str(log), str(handler)) as server:
         assert stat.S_IMODE(log.stat().st_mode) == 0o640 & ~umask()
         connect(server.url + "/before")
-        wait_for(lambda: "DISCONNECT /before" in read(log), what="first DISCONNECT in the log file")
+        wait_for(lambda: "DISCONNECT /before" in read(log), 5, "first DISCONNECT in the log file")
 
         log.rename(rotated)  # logrotate's default: move, then postrotate kill -HUP
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(lambda: "reopened" in read(log), what="a new log file at the path")
+        wait_for(lambda: "reopened" in read(log), 5, "a new log file at the path")
 
         connect(server.url + "/after")
-        wait_for(lambda: "DISCONNECT /after" in read(log), what="second DISCONNECT in the new file")
+        wait_for(lambda: "DISCONNECT /after" in read(log), 5, "second DISCONNECT in the new file")
         assert server.proc.poll() is None
         connect(server.url + "/still")
-        wait_for(lambda: "DISCONNECT /still" in read(log), what="third DISCONNECT in the new file")
+        wait_for(lambda: "DISCONNECT /still" in read(log), 5, "third DISCONNECT in the new file")
         out, err = finish(server)
     old, new = rotated.read_text(), log.read_text()
     assert events(old, "CONNECT") == events(old, "DISCONNECT") == ["/before"]
@@ -125,9 +119,9 @@ def test_log_file_that_cannot_be_reopened_keeps_the_old_one_with_one_error_line(
         log.rename(rotated)
         log.mkdir()  # cannot be opened for writing, not even by root
         os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(lambda: "cannot reopen" in read(rotated), what="the error line in the old file")
+        wait_for(lambda: "cannot reopen" in read(rotated), 5, "the error line in the old file")
         connect(server.url + "/after")
-        wait_for(lambda: "DISCONNECT /after" in read(rotated), what="logging on in the old file")
+        wait_for(lambda: "DISCONNECT /after" in read(rotated), 5, "logging on in the old file")
         out, err = finish(server)
     old = rotated.read_text()
     errors = [line for line in old.splitlines() if " ERROR " in line]
@@ -142,7 +136,7 @@ def test_log_file_named_stdout_is_given_as_a_relative_path(tmp_path):
     handler = script(tmp_path, "hello.py", HELLO)
     with WsexecProcess("--log", "./stdout", str(handler), cwd=tmp_path) as server:
         connect(server.url + "/file")
-        wait_for(lambda: "DISCONNECT /file" in read(tmp_path / "stdout"), what="the file named stdout")
+        wait_for(lambda: "DISCONNECT /file" in read(tmp_path / "stdout"), 5, "the file named stdout")
         out, err = finish(server)
     assert out == b"" and err == b""
     assert events((tmp_path / "stdout").read_text(), "CONNECT") == ["/file"]
