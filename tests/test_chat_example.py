@@ -7,7 +7,8 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from helpers import ROOT, WsexecProcess, trio_test
+from support.servers import ROOT, WsexecProcess
+from support.waiting import trio_test
 
 
 @pytest.mark.parametrize("control", ["unix", "tcp"])

@@ -12,8 +12,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import PY, ROOT, make_config, raw_http, script, serving, trio_test, upgrade_request
-from http_client import Client
+from support.clients import Client, fetch, raw_http, upgrade_request
+from support.servers import PY, ROOT, make_config, script, serving
+from support.waiting import trio_test, wait_until
 from wsexec.control import Route, close_request, message_of, route
 from wsexec.websocket import BINARY, TEXT
 
@@ -98,11 +99,6 @@ def control_port(state) -> int:
     return int(state.shared.control_url.rsplit(":", 1)[1])
 
 
-async def call(port: int, method: str, target: str, body=None, headers=()):
-    async with await Client.open(port) as client:
-        return await client.request(method, target, headers, body)
-
-
 @trio_test(20)
 async def test_list_get_push_and_close_by_id(tmp_path):
     handler = script(tmp_path, "echo.py", ECHO.format(dir=str(tmp_path)))
@@ -116,40 +112,39 @@ async def test_list_get_push_and_close_by_id(tmp_path):
             await ws.send_message("one")
             assert await ws.get_message() == "echo one"
 
-            listing = json.loads((await call(port, "GET", "/connections")).body)
+            listing = json.loads((await fetch(port, "GET", "/connections")).body)
             assert {c["id"] for c in listing} == {conn_id, other_id}
-            mine = json.loads((await call(port, "GET", f"/connections/{conn_id}")).body)
+            mine = json.loads((await fetch(port, "GET", f"/connections/{conn_id}")).body)
             assert mine["path"] == "/room/a?x=1" and mine["remote_addr"] == "127.0.0.1" and mine["protocol"] is None
             assert mine["messages_in"] == 1 and mine["messages_out"] == 2 and isinstance(mine["pid"], int)
             assert mine["bytes_in"] > 0 and mine["started"].endswith("Z") and mine["last_active"] >= mine["started"]
-            only = json.loads((await call(port, "GET", "/connections?path=/room")).body)
+            only = json.loads((await fetch(port, "GET", "/connections?path=/room")).body)
             assert [c["id"] for c in only] == [conn_id]
 
-            reply = await call(port, "POST", f"/connections/{conn_id}", "héllo".encode(), [("Content-Type", "text/plain")])
+            reply = await fetch(port, "POST", f"/connections/{conn_id}", [("Content-Type", "text/plain")], "héllo".encode())
             assert reply.status == 204 and await ws.get_message() == "héllo"
-            reply = await call(port, "POST", f"/connections/{conn_id}", b"\x00\xff")
+            reply = await fetch(port, "POST", f"/connections/{conn_id}", body=b"\x00\xff")
             assert reply.status == 204 and await ws.get_message() == b"\x00\xff"
-            reply = await call(port, "POST", f"/connections/{conn_id}", b"\xff", [("Content-Type", "text/plain")])
+            reply = await fetch(port, "POST", f"/connections/{conn_id}", [("Content-Type", "text/plain")], b"\xff")
             assert reply.status == 400 and "UTF-8" in json.loads(reply.body)["error"]
 
-            reply = await call(port, "DELETE", f"/connections/{conn_id}?code=4001&reason=bye")
+            reply = await fetch(port, "DELETE", f"/connections/{conn_id}?code=4001&reason=bye")
             assert reply.status == 204
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
             assert (closed.value.reason.code, closed.value.reason.reason) == (4001, "bye")
-            with trio.fail_after(5):  # the handler's stdin was closed, as when a client leaves
-                while not (tmp_path / f"{conn_id}.ended").exists():
-                    await trio.sleep(0.02)
+            # the handler's stdin was closed, as when a client leaves
+            await wait_until((tmp_path / f"{conn_id}.ended").exists, 5, "the handler saw its stdin closed")
             with trio.fail_after(5):  # listed until its handler is gone, then not
-                while (await call(port, "GET", f"/connections/{conn_id}")).status == 200:
+                while (await fetch(port, "GET", f"/connections/{conn_id}")).status == 200:
                     await trio.sleep(0.02)
             for method in ("GET", "POST", "DELETE"):
-                reply = await call(port, method, f"/connections/{conn_id}", b"x" if method == "POST" else None)
+                reply = await fetch(port, method, f"/connections/{conn_id}", body=b"x" if method == "POST" else None)
                 assert reply.status == 404 and json.loads(reply.body)["error"]
-            assert (await call(port, "DELETE", f"/connections/{other_id}?code=1001")).status == 400
-            assert (await call(port, "GET", "/connections/no-such")).status == 400
-            assert (await call(port, "PATCH", f"/connections/{other_id}")).header("allow") == "GET, HEAD, POST, DELETE"
-            assert (await call(port, "GET", "/nothing")).status == 404
+            assert (await fetch(port, "DELETE", f"/connections/{other_id}?code=1001")).status == 400
+            assert (await fetch(port, "GET", "/connections/no-such")).status == 400
+            assert (await fetch(port, "PATCH", f"/connections/{other_id}")).header("allow") == "GET, HEAD, POST, DELETE"
+            assert (await fetch(port, "GET", "/nothing")).status == 404
 
 
 @trio_test(20)
@@ -167,7 +162,7 @@ async def test_pushes_keep_their_order_and_never_split_handler_lines(tmp_path):
         port = control_port(state)
         async with open_websocket_url(url, max_message_size=1 << 20) as ws:
             assert await ws.get_message() == "ready"
-            conn_id = json.loads((await call(port, "GET", "/connections")).body)[0]["id"]
+            conn_id = json.loads((await fetch(port, "GET", "/connections")).body)[0]["id"]
             got = []
 
             async def pushes():
@@ -199,17 +194,17 @@ async def test_a_client_that_does_not_read_gets_503_and_others_are_not_held_back
         await stuck.send_all(upgrade_request("/stuck"))
         async with open_websocket_url(url + "/fine") as fine:
             assert await fine.get_message() == "hi"
-            ids = {c["path"]: c["id"] for c in json.loads((await call(port, "GET", "/connections")).body)}
+            ids = {c["path"]: c["id"] for c in json.loads((await fetch(port, "GET", "/connections")).body)}
             big = b"x" * (1 << 20)
             statuses = []
             with trio.fail_after(15):
                 while 503 not in statuses:
-                    statuses.append((await call(port, "POST", f"/connections/{ids['/stuck']}", big)).status)
-            reply = await call(port, "POST", f"/connections/{ids['/stuck']}", big)
+                    statuses.append((await fetch(port, "POST", f"/connections/{ids['/stuck']}", body=big)).status)
+            reply = await fetch(port, "POST", f"/connections/{ids['/stuck']}", body=big)
             assert statuses[-1] == 503 and reply.status in (503, 404) and len(statuses) < 40
             # meanwhile the other client is served at once, broadcast included
             with trio.fail_after(2):
-                sent = json.loads((await call(port, "POST", "/broadcast", b"to all", [("Content-Type", "text/plain")])).body)
+                sent = json.loads((await fetch(port, "POST", "/broadcast", [("Content-Type", "text/plain")], b"to all")).body)
                 assert await fine.get_message() == "to all"
             assert sent["sent"] >= 1
         await stuck.aclose()
@@ -224,10 +219,10 @@ async def test_broadcast_reaches_every_matching_client(tmp_path):
                 open_websocket_url(url + "/b") as b:
             for ws in (a1, a2, b):
                 assert await ws.get_message() == "hi"
-            reply = await call(port, "POST", "/broadcast?path=/a/", b"news", [("Content-Type", "text/plain")])
+            reply = await fetch(port, "POST", "/broadcast?path=/a/", [("Content-Type", "text/plain")], b"news")
             assert json.loads(reply.body) == {"sent": 2}
             assert [await a1.get_message(), await a2.get_message()] == ["news", "news"]
-            reply = await call(port, "POST", "/broadcast", b"\x01")
+            reply = await fetch(port, "POST", "/broadcast", body=b"\x01")
             assert json.loads(reply.body) == {"sent": 3}
             assert [await ws.get_message() for ws in (a1, a2, b)] == [b"\x01"] * 3
             async with await Client.open(port) as client:  # back to back: each client gets them in order
@@ -248,19 +243,19 @@ async def test_token_health_and_readiness(tmp_path):
     config = make_config(handler, control="127.0.0.1:0", control_token="s3cret", maxforks=1)
     async with serving(config) as (state, url):
         port = control_port(state)
-        assert (await call(port, "GET", "/healthz")).status == 200
-        assert json.loads((await call(port, "GET", "/readyz")).body) == {"ready": True}
+        assert (await fetch(port, "GET", "/healthz")).status == 200
+        assert json.loads((await fetch(port, "GET", "/readyz")).body) == {"ready": True}
         for auth in ((), (("Authorization", "Bearer wrong"),), (("Authorization", "s3cret"),)):
-            reply = await call(port, "GET", "/connections", headers=auth)
+            reply = await fetch(port, "GET", "/connections", auth)
             assert reply.status == 401 and reply.header("www-authenticate").startswith("Bearer")
         good = [("Authorization", "Bearer s3cret")]
-        assert (await call(port, "GET", "/connections", headers=good)).status == 200
+        assert (await fetch(port, "GET", "/connections", good)).status == 200
         async with open_websocket_url(url) as ws:
             assert await ws.get_message() == "hi"
-            reply = await call(port, "GET", "/readyz")  # --maxforks 1 is full
+            reply = await fetch(port, "GET", "/readyz")  # --maxforks 1 is full
             assert reply.status == 503 and json.loads(reply.body)["ready"] is False
         state.registry.draining = True
-        assert (await call(port, "GET", "/readyz")).status == 503
+        assert (await fetch(port, "GET", "/readyz")).status == 503
 
 
 @trio_test(20)
