@@ -27,7 +27,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import ROOT, WsexecProcess, descendants, drain_output, script
+from support.clients import parse_raw, raw_http
+from support.procfs import descendants
+from support.servers import ROOT, WsexecProcess, drain_output, script
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 EXAMPLE = ROOT / "examples" / "deploy" / "prometheus.yml"
@@ -124,18 +126,8 @@ async def control_request(port: int, method: str, target: str, body: bytes = b""
     """One request to the control API on its own connection (closed after)."""
     request = (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    with trio.fail_after(5):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(request)
-            chunks = []
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                chunks.append(data)
-    head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split()[1]), rest
+    status, _, rest = parse_raw(await raw_http(port, request))
+    return status, rest
 
 
 async def ending_sessions(ws_url: str, control_port: int) -> Tuple[int, int]:

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 import trio
 
-from helpers import PY, ROOT, WsexecProcess, collect, raw_http, script
+from support.clients import collect, raw_http
+from support.servers import PY, ROOT, WsexecProcess, script
 from wsexec.net.listen import address_label, listen_message
 from wsexec.proc.shebang import (
     CARRIAGE_RETURN, HEAD_SIZE, NO_INTERPRETER, TOO_LONG, interpreter_problem, scan_directory, spawn_failure,
