@@ -135,9 +135,11 @@ async def test_list_get_push_and_close_by_id(tmp_path):
             assert (closed.value.reason.code, closed.value.reason.reason) == (4001, "bye")
             # the handler's stdin was closed, as when a client leaves
             await wait_until((tmp_path / f"{conn_id}.ended").exists, 5, "the handler saw its stdin closed")
-            with trio.fail_after(5):  # listed until its handler is gone, then not
-                while (await fetch(port, "GET", f"/connections/{conn_id}")).status == 200:
-                    await trio.sleep(0.02)
+
+            async def unlisted() -> bool:
+                return (await fetch(port, "GET", f"/connections/{conn_id}")).status != 200
+
+            await wait_until(unlisted, 5, "listed until its handler is gone, then not", 0.02)
             for method in ("GET", "POST", "DELETE"):
                 reply = await fetch(port, method, f"/connections/{conn_id}", body=b"x" if method == "POST" else None)
                 assert reply.status == 404 and json.loads(reply.body)["error"]

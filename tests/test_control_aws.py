@@ -14,7 +14,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import make_config, script, serving, trio_test
+from support.servers import make_config, script, serving
+from support.waiting import trio_test, wait_until
 
 HANDLER = """
 import os, sys
@@ -94,9 +95,7 @@ async def test_boto3_post_get_and_delete_connection(tmp_path):
                     assert e.reason.code == 1000, e.reason
 
         # Once its handler is gone the id is gone for every call.
-        with trio.fail_after(10):
-            while not await gone(client, "get_connection", ConnectionId=conn_id):
-                await trio.sleep(0.05)
+        await wait_until(lambda: gone(client, "get_connection", ConnectionId=conn_id), 10, "the id gone", 0.05)
         assert await gone(client, "post_to_connection", ConnectionId=conn_id, Data=b"late")
         assert await gone(client, "delete_connection", ConnectionId=conn_id)
 

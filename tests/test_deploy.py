@@ -16,7 +16,9 @@ from typing import Dict, List, Optional
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import PY, ROOT, WsexecProcess, drain_output, raw_http, script
+from support.clients import raw_http
+from support.servers import PY, ROOT, WsexecProcess, drain_output, script
+from support.waiting import wait_until
 from test_fronts import free_port, front, program, render
 
 # The handler says which instance serves it (its WSEXEC_CONTROL is unique per
@@ -102,16 +104,6 @@ async def server_states(stats_socket: str) -> Dict[str, str]:
     return {row["svname"]: row["status"] for row in rows if row["pxname"] == "wsexec" and row["svname"] in ("a", "b")}
 
 
-async def wait_for(condition, ceiling: float, what: str, step: float = 0.01) -> float:
-    """Poll an async condition until true; seconds it took. Fails past the ceiling."""
-    start = time.monotonic()
-    while not await condition():
-        if time.monotonic() - start > ceiling:
-            raise AssertionError(f"{what}: not within {ceiling} s")
-        await trio.sleep(step)
-    return time.monotonic() - start
-
-
 def test_haproxy_moves_new_clients_off_a_draining_instance(tmp_path):
     """SIGTERM to instance A with --drainms: /readyz says 503 at once, haproxy
     marks A down within a bounded time, every client opened during the drain
@@ -137,7 +129,7 @@ def test_haproxy_moves_new_clients_off_a_draining_instance(tmp_path):
                     async def both_up():
                         return await server_states(stats) == {"a": "UP", "b": "UP"}
 
-                    await wait_for(both_up, 10, "haproxy sees both instances up", 0.05)
+                    await wait_until(both_up, 10, "haproxy sees both instances up", 0.05)
                     async with trio.open_nursery() as nursery:
                         before = await open_clients(nursery, url, 6, "before")
                         assert not [c.error for c in before if c.error]
@@ -153,14 +145,14 @@ def test_haproxy_moves_new_clients_off_a_draining_instance(tmp_path):
                         async def a_not_ready():
                             return await http_status(a.control_port, "/readyz") == 503
 
-                        figures["readyz_503_after"] = await wait_for(a_not_ready, 1, "A's /readyz turns 503")
+                        figures["readyz_503_after"] = await wait_until(a_not_ready, 1, "A's /readyz turns 503")
                         assert await http_status(b.control_port, "/readyz") == 200
                         assert await http_status(a.control_port, "/healthz") == 200  # alive, just not ready
 
                         async def a_down():
                             return (await server_states(stats)).get("a") == "DOWN"
 
-                        await wait_for(a_down, DOWN_CEILING, "haproxy marks A down")
+                        await wait_until(a_down, DOWN_CEILING, "haproxy marks A down")
                         figures["down_after"] = time.monotonic() - sigterm
                         assert (await server_states(stats))["b"] == "UP"
 
@@ -185,9 +177,7 @@ def test_haproxy_moves_new_clients_off_a_draining_instance(tmp_path):
                         on_a = [c for c in before if names[c.who] == "a"] + direct
                         on_b = [c for c in before if names[c.who] == "b"] + during
                         for c in on_a:
-                            with trio.fail_after(DRAIN_MS / 1000 + 10):
-                                while c.code is None:
-                                    await trio.sleep(0.01)
+                            await wait_until(lambda: c.code is not None, DRAIN_MS / 1000 + 10, f"{c.name} closed")
                         assert [c.code for c in on_a] == [1001] * len(on_a)
                         figures["closed_1001_after"] = (min(c.closed_at for c in on_a) - sigterm,
                                                         max(c.closed_at for c in on_a) - sigterm)

@@ -6,6 +6,7 @@ AssertionError saying what it waited for."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import select
 import time
@@ -42,22 +43,32 @@ def _timed_out(what: What, timeout: float) -> AssertionError:
     return AssertionError(f"not within {timeout} s: {said}")
 
 
-async def wait_until(condition: Callable[[], object], timeout: float, what: What = "the condition") -> None:
-    """In trio code: return as soon as condition() is true; AssertionError after timeout."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(POLL)
-        return
-    raise _timed_out(what, timeout)
+async def wait_until(condition: Callable[[], object], timeout: float, what: What = "the condition",
+                     poll: float = POLL) -> float:
+    """In trio code: seconds until condition() is true (awaited if it is a
+    coroutine: a condition may itself ask the server); AssertionError once
+    timeout has passed with it false."""
+    start = trio.current_time()
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return trio.current_time() - start
+        if trio.current_time() - start > timeout:
+            raise _timed_out(what, timeout)
+        await trio.sleep(poll)
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: What = "the condition") -> float:
-    """In blocking code: seconds until condition() is true; AssertionError after timeout."""
+def wait_for(condition: Callable[[], object], timeout: float, what: What = "the condition",
+             poll: float = POLL) -> float:
+    """In blocking code: seconds until condition() is true; AssertionError once
+    timeout has passed with it false."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:
             raise _timed_out(what, timeout)
-        time.sleep(POLL)
+        time.sleep(poll)
     return time.monotonic() - start
 
 
