@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 import pytest
 import trio
 
-from helpers import PY, ROOT, WsexecProcess, collect, raw_http, script
+from support.clients import collect, raw_http
+from support.servers import PY, ROOT, WsexecProcess, script
+from support.waiting import wait_for
 from wsexec.config import Config, ConfigError, validate
 from wsexec.log import (
     ACCESS, CONNECT, CONTROL, DISCONNECT, DROPPED, HANDSHAKE_TIMEOUT, HTTP, REDIRECT, REFUSED, STDERR, TLS_FAILED,
@@ -142,9 +144,7 @@ def test_text_is_still_the_default_format(tmp_path):
     log = tmp_path / "wsexec.log"
     with WsexecProcess("--log", str(log), str(handler)) as server:
         messages, _, _ = trio.run(collect, server.url + "/text")
-        deadline = time.monotonic() + 5
-        while "DISCONNECT" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: "DISCONNECT" in log.read_text(), 5, "the DISCONNECT line")
         assert server.stop() == 0
     pid, conn_id = messages[0].split()
     prefix = rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}} ACCESS wsexec\.connection #{conn_id} 127\.0\.0\.1:\d+ pid={pid} "
