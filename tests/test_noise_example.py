@@ -5,7 +5,8 @@ from __future__ import annotations
 import trio
 from trio_websocket import open_websocket_url
 
-from helpers import ROOT, WsexecProcess, trio_test
+from support.servers import ROOT, WsexecProcess
+from support.waiting import trio_test
 
 NOISE = ROOT / "examples" / "noise"
 
