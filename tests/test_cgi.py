@@ -10,9 +10,9 @@ import trio
 from trio_websocket import open_websocket_url
 
 from support.clients import Client, collect, fetch, parse_raw, raw_http, response_head, upgrade_request
-from support.procfs import alive, descendants
+from support.procfs import descendants
 from support.servers import PY, make_config, script, serving
-from support.waiting import trio_test, wait_slots_free, wait_until
+from support.waiting import trio_test, wait_gone, wait_slots_free, wait_until
 from wsexec.http import cgi
 
 DUMP_ENV = """
@@ -268,7 +268,7 @@ async def test_script_past_the_time_limit_is_killed_with_its_group(tmp_path):
         reply = await fetch(port, "GET", "/silent.sh")
         assert reply.status == 504 and 0.4 < trio.current_time() - started < 3
         shell, sleeper = (int(p) for p in pids.read_text().split())
-        await wait_until(lambda: not alive(shell) and not alive(sleeper), 3, "the script and its child gone")
+        await wait_gone(shell, sleeper, timeout=3)
         # a script that started its answer and then stalls: the body is cut, the connection closed
         answer = await raw_http(port, b"GET /stalls.sh HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ") and b"start\n" in answer

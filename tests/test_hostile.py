@@ -253,7 +253,7 @@ async def frames_close_code(tmp_path: Path, frames: List[bytes], echo_bytes: int
                         rest += await stream.receive_some(65536)
                     await stream.send_all(client_frame(0x8, b"\x03\xe8"))
                 received, code = await read_server_frames(stream, rest)
-            await wait_gone(pid, 3)
+            await wait_gone(pid, timeout=3)
             await wait_slots_free(state, 3)
     return received, code
 
@@ -293,7 +293,7 @@ async def test_oversized_output_line_closes_1009(tmp_path) -> None:  # type: ign
     async with serving(make_config(str(handler), maxmessage=1024, loglevel="fatal")) as (state, url):
         messages, code, _ = await collect(url + "/", timeout=10)
         assert code == 1009 and messages == []
-        await wait_gone(int(pidfile.read_text()), 3)
+        await wait_gone(int(pidfile.read_text()), timeout=3)
 
 
 BAD_UTF8 = {

@@ -222,7 +222,7 @@ async def test_client_gone_stops_a_child_that_ignores_sigint_and_sigterm(tmp_pat
         async with open_websocket_url(url) as ws:
             pid = int(await ws.get_message())
         start = trio.current_time()
-        await wait_gone(pid, 3)
+        await wait_gone(pid, timeout=3)
         # SIGKILL comes at closems + 500 ms.
         assert 0.5 <= trio.current_time() - start < 2.5
         await trio.sleep(0.1)
@@ -261,7 +261,7 @@ def test_grandchildren_are_killed(tmp_path, ending):
                     with pytest.raises(ConnectionClosed) as closed:
                         await ws.get_message()
                     assert closed.value.reason.code == 1000
-            await wait_gone(grandchild, 3)
+            await wait_gone(grandchild, timeout=3)
 
     run()
 
@@ -594,7 +594,7 @@ def test_second_signal_stops_at_once_and_still_kills_children(tmp_path):
         trio.run(main)
     finally:
         server.stop()
-    trio.run(wait_gone, pids[0], 3.0)
+    trio.run(lambda: wait_gone(pids[0], timeout=3))
 
 
 @trio_test(10)
@@ -636,7 +636,7 @@ async def test_pings_keep_an_answering_client_and_drop_a_silent_one(tmp_path):
         frames = received.split(b"\r\n\r\n", 1)[1]
         assert frames[0] == 0x81  # the handler's first line, a text frame
         pid = int(frames[2 : 2 + frames[1]])
-        await wait_gone(pid, 3)
+        await wait_gone(pid, timeout=3)
 
 
 def test_sigterm_right_after_the_listening_line_takes_the_graceful_path():

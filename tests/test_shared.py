@@ -23,11 +23,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from helpers import (
-    ROOT, WsexecProcess, alive, client_frame, descendants, drain_output, make_config, open_fds, raw_upgrade,
-    read_server_frames, response_head, script, serving, trio_test, upgrade_request, zombies,
-)
-from http_client import Client
+from support.clients import Client, client_frame, raw_upgrade, read_server_frames, response_head, upgrade_request
+from support.procfs import alive, descendants, open_fds, zombies
+from support.servers import ROOT, WsexecProcess, drain_output, make_config, script, serving
+from support.waiting import trio_test, wait_gone, wait_slots_free, wait_until
 from wsexec.backends.shared import close_of, parse_tagged, topics_of, wants
 
 # --- pure parts --------------------------------------------------------------------------
@@ -170,26 +169,18 @@ async def closed(ws, timeout: float = 5) -> Tuple[int, str, List[object]]:
             return e.reason.code, e.reason.reason or "", messages
 
 
-async def gone(*pids: int, timeout: float = 5) -> None:
-    with trio.fail_after(timeout):
-        while any(alive(pid) for pid in pids):
-            await trio.sleep(0.02)
-
-
 async def settled_fds(url: str) -> int:
     """This process's descriptor count once a first hub came and went (the
     spawner opens its pipe and /dev/null at its first start)."""
     async with open_websocket_url(url + "/") as ws:
         pid, child, *_ = await pid_of(ws)
-    await gone(pid, child)
+    await wait_gone(pid, child, timeout=5)
     await trio.sleep(0.1)
     return open_fds()
 
 
 async def fds_back_to(count: int) -> None:
-    with trio.fail_after(5):
-        while open_fds() != count:
-            await trio.sleep(0.02)
+    await wait_until(lambda: open_fds() == count, 5, lambda: f"{open_fds()} fds open, not {count}")
 
 
 # --- fan-out, input, lifecycle --------------------------------------------------------------
@@ -291,7 +282,7 @@ async def test_starts_with_the_first_client_and_stops_after_the_last(tmp_path):
             assert alive(pid)  # one client is still here
             await first.send_message("echo still")
             await wait_for(first, "still")
-        await gone(pid, child)
+        await wait_gone(pid, child, timeout=5)
         assert pid not in descendants(os.getpid()) and not zombies(os.getpid())
         await fds_back_to(fds)
         assert not state.backend.hubs and not state.handlers.children and state.handlers.slots.taken == 0
@@ -300,7 +291,7 @@ async def test_starts_with_the_first_client_and_stops_after_the_last(tmp_path):
         async with open_websocket_url(url + "/?who=third") as third:
             new_pid, new_child, _, query, _ = await pid_of(third)
             assert new_pid != pid and query == "who=third"
-        await gone(new_pid, new_child)
+        await wait_gone(new_pid, new_child, timeout=5)
         await fds_back_to(fds)
 
 
@@ -316,7 +307,7 @@ async def test_lingerms_keeps_the_process_for_a_client_that_comes_back(tmp_path)
         async with open_websocket_url(url + "/") as ws:  # back within --lingerms
             assert (await pid_of(ws))[0] == pid
         left = time.monotonic()
-        await gone(pid, child, timeout=6)
+        await wait_gone(pid, child, timeout=6)
         lingered = time.monotonic() - left
         assert 1.4 < lingered < 4, lingered  # counted from the last client leaving
         assert not zombies(os.getpid())
@@ -341,7 +332,7 @@ async def test_process_exit_closes_every_client_and_the_next_starts_anew(tmp_pat
                 got_code, got_reason, messages = await closed(ws)
                 assert (got_code, got_reason) == (code, reason)
                 assert "last words" in messages  # output before the exit is delivered
-        await gone(pid)
+        await wait_gone(pid, timeout=5)
         async with open_websocket_url(url + "/") as d:
             new_pid = (await pid_of(d))[0]
             assert new_pid != pid
@@ -463,7 +454,7 @@ async def test_each_dir_script_is_a_room_with_its_own_process(tmp_path):
             await b2.send_message("echo for room b")
             skipped = await wait_for(b1, "for room b")
             assert "for room a" not in skipped  # room a's output stays in room a
-        await gone(pa[0], pb[0])
+        await wait_gone(pa[0], pb[0], timeout=5)
 
 
 @trio_test(30)
@@ -481,10 +472,8 @@ async def test_maxforks_counts_each_room_process(tmp_path):
                 head = await response_head(port, upgrade_request("/b.py"))
                 assert head.startswith(b"HTTP/1.1 429 "), head
                 assert b"Retry-After: 1" in head
-        await gone(pid)
-        with trio.fail_after(5):  # its slot is given back once it is reaped
-            while state.handlers.slots.taken:
-                await trio.sleep(0.02)
+        await wait_gone(pid, timeout=5)
+        await wait_slots_free(state, 5)  # its slot is given back once it is reaped
         async with open_websocket_url(url + "/b.py") as b1:
             assert (await pid_of(b1))[4] == "/b.py"
 
@@ -659,9 +648,8 @@ async def test_topics_send_each_client_the_lines_it_asked_for(tmp_path):
                 # every client with patterns also takes 'sync', to know when the lines are all out
                 target = "/" + query + ("&topic=sync" if query else "")
                 sockets[name] = await stack.enter_async_context(open_websocket_url(url + target))
-            with trio.fail_after(5):
-                while sum(len(h.members) for h in state.backend.hubs.values()) < len(queries):
-                    await trio.sleep(0.01)
+            await wait_until(lambda: sum(len(h.members) for h in state.backend.hubs.values()) >= len(queries), 5,
+                             "every client in a hub")
             for line in published + ["sync done"]:
                 await sockets["all"].send_message("pub " + line)
             for name, ws in sockets.items():
@@ -849,9 +837,8 @@ async def test_a_client_leaving_mid_line_leaves_no_torn_line_on_stdin(tmp_path):
         async with open_websocket_url(url + "/") as b:
             assert await b.get_message() == "ready"
             a, _ = await raw_upgrade(port)
-            with trio.fail_after(5):
-                while sum(len(h.members) for h in state.backend.hubs.values()) < 2:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: sum(len(h.members) for h in state.backend.hubs.values()) >= 2, 5,
+                             "both clients in the hub")
             await a.send_all(client_frame(0x1, b"a" * 1_000_000))  # more than the socket pair holds
             await trio.sleep(0.5)  # a's line is being written, the process not reading
             await b.send_message("hello")

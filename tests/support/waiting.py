@@ -72,9 +72,10 @@ def wait_for(condition: Callable[[], object], timeout: float, what: What = "the 
     return time.monotonic() - start
 
 
-async def wait_gone(pid: int, timeout: float) -> None:
-    """In trio code: until pid has exited (a zombie counts as gone)."""
-    await wait_until(lambda: not alive(pid), timeout, f"pid {pid} gone")
+async def wait_gone(*pids: int, timeout: float) -> None:
+    """In trio code: until every pid has exited (a zombie counts as gone)."""
+    await wait_until(lambda: not any(alive(p) for p in pids), timeout,
+                     lambda: f"still alive: {[p for p in pids if alive(p)]}")
 
 
 async def wait_slots_free(state, timeout: float) -> None:  # type: ignore[no-untyped-def]
