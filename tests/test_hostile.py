@@ -167,8 +167,11 @@ async def slowloris(port: int, results: List[float], started: float, stop_after:
                 answer += chunk
                 if not chunk:
                     break
-                while chunk:  # the answer, then EOF
-                    chunk = await stream.receive_some(4096)
+                while chunk:  # the answer, then EOF (or a reset: the answer is in already)
+                    try:
+                        chunk = await stream.receive_some(4096)
+                    except trio.BrokenResourceError:
+                        chunk = b""
                     answer += chunk
                 break
         results.append((trio.current_time() - connected, status_of(answer)))  # type: ignore[arg-type]
