@@ -70,6 +70,8 @@ def as_forwarded(request: Request, front: Front) -> Request:
 
 
 class Connection:
+    __slots__ = ("shared", "config", "handlers", "stats", "id", "stream", "front", "remote", "local", "log", "ws")
+
     def __init__(self, shared: Shared, conn_id: str, stream: Stream, front: Optional[Front] = None) -> None:
         self.shared = shared
         self.config = shared.config
@@ -177,10 +179,13 @@ class Connection:
         protocol = select_subprotocol(request.header("sec-websocket-protocol"), config.subprotocols)
         if protocol is not None:
             env["WEBSOCKET_PROTOCOL"] = protocol
+        info = SessionInfo(self.id, route, env, self.log, self.stream.peer_open)
+        del env  # the far end keeps it only as long as it needs it (a process: until it has started)
         try:
-            far = await shared.backend.connect(SessionInfo(self.id, route, env, self.log, self.stream.peer_open))
+            far = await shared.backend.connect(info)
         except Refused as e:
             return await self.refuse(e.status, e.message, e.headers, request)
+        del info
         headers = config.headers + config.headers_ws
         if protocol is not None:
             headers += (("Sec-WebSocket-Protocol", protocol),)

@@ -79,6 +79,11 @@ class Clock:
 
 
 class Session:
+    # slots: a held connection's memory is counted in KiB (bench S5)
+    __slots__ = ("id", "ws", "far", "stream", "config", "log", "stopping", "stats", "clock", "started",
+                 "started_at", "last_active", "messages_in", "messages_out", "remote", "target", "protocol",
+                 "user_agent", "input_scope", "client_done", "output_closed", "close_asked", "_push_lock")
+
     def __init__(self, conn_id: str, ws: WebSocket, far: FarEnd, stream: Stream, config: Config,
                  log: ConnectionLog, stopping: Callable[[], bool], stats: Stats, clock: Clock) -> None:
         self.id = conn_id
@@ -104,7 +109,15 @@ class Session:
         self.client_done = False
         self.output_closed = trio.Event()  # the far end's output ended
         self.close_asked: Optional[Tuple[int, str]] = None  # by the control API
-        self.push_lock = trio.StrictFIFOLock()  # pushes to this client keep their order
+        self._push_lock: Optional[trio.StrictFIFOLock] = None  # made by the first push
+
+    @property
+    def push_lock(self) -> trio.StrictFIFOLock:
+        """Pushes to this client keep their order (made on first use: most
+        sessions are never pushed to)."""
+        if self._push_lock is None:
+            self._push_lock = trio.StrictFIFOLock()
+        return self._push_lock
 
     @property
     def pid(self) -> Optional[int]:

@@ -24,7 +24,7 @@ A far end's life, as the connection and the session drive it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from ..http.request import HttpError
 
@@ -67,9 +67,8 @@ class CannotStart(Exception):
     """start() failed after the 101; the session closes with 1011 and this reason."""
 
 
-@dataclass(frozen=True)
-class SessionInfo:
-    """What a backend learns of a new session."""
+class SessionInfo(NamedTuple):
+    """What a backend learns of a new session (a tuple: one per connection)."""
 
     id: str  # the connection id (WSEXEC_CONNECTION_ID)
     route: Route  # the program a process backend runs
