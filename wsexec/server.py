@@ -168,6 +168,7 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
                 from .control import Control  # with --control only: it loads prometheus_client
 
                 server.control = Control(config, server.registry, server.stats, server.handlers.slots)
+                gc.freeze()  # what that import made lives as long as the server: keep it out of collections
                 await root.start(server.control.serve, control)
                 logger.info("control API on %s", server.shared.control_url)
             serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else "no handler (site only)")
