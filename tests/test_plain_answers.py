@@ -3,7 +3,6 @@ answer goes out in one write: checked on the wire and with strace."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess

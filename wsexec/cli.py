@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .cli_fronts import Size, front_options, front_settings
-from .config import DEFAULT_PORT, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, load, parse_header, parse_size
+from .config import DEFAULT_PORT, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, load, parse_header
 
 
 class HeaderLine(click.ParamType):

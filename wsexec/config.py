@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shutil
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple

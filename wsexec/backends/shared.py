@@ -34,7 +34,7 @@ from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.lines import LineSplitter, LineTooLong
 from ..net.streams import STALL_CHECK
-from ..websocket import BINARY, NORMAL, POLICY, TEXT
+from ..websocket import BINARY, NORMAL, POLICY
 from . import CLIENT_GONE, CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 from .process import line_message, process_outcome
 

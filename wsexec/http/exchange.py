@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..log import ConnectionLog
+    from ..net.streams import Stream
     from ..proc.children import Handlers
     from ..stats import Stats
     from .routing import Route
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     class Peer(Protocol):
         """What plain HTTP uses of its connection (wsexec/connection.py)."""
 
-        stream: trio.abc.Stream
+        stream: Stream
         log: ConnectionLog
         config: Config
         handlers: Handlers  # spawns CGI scripts, within --maxforks
@@ -44,7 +45,7 @@ class Reader:
     """The connection's socket, with bytes already received (pipelined
     requests, the start of a body) served first."""
 
-    def __init__(self, stream: Socket, pending: bytes = b"") -> None:
+    def __init__(self, stream: "Stream", pending: bytes = b"") -> None:
         self.stream = stream
         self.pending = pending
 
