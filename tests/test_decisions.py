@@ -10,6 +10,7 @@ import pytest
 
 from wsexec.admission import Refusal, admit
 from wsexec.backends import (
+    API_CLOSED,
     CLIENT_CLOSED,
     CLIENT_GONE,
     FAR_END_DONE,
@@ -122,6 +123,10 @@ EXITED_3 = Outcome(1011, "exit status 3", "exit status 3")
     (Ending(CLIENT_GONE, 1006, "client gone"), EXITED_0, (1006, "client gone")),  # nothing is sent
     (Ending(SERVER_STOPPING), EXITED_3, (1001, "server shutting down")),
     (Ending(SERVER_STOPPING), None, (1001, "server shutting down")),  # cancelled before an outcome
+    # closed by id (the control API), or by --idlems / --lifetimems through the same path
+    (Ending(API_CLOSED, 4000, "kicked"), EXITED_3, (4000, "kicked")),
+    (Ending(API_CLOSED, 1000, "idle for 300 ms"), EXITED_0, (1000, "idle for 300 ms")),
+    (Ending(API_CLOSED, 1000, "open for 500 ms"), None, (1000, "open for 500 ms")),
 ])
 def test_close_frame(ending, outcome, expected):
     assert close_frame(ending, outcome) == expected

@@ -26,6 +26,26 @@ class HeaderLine(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class EnvAssignment(click.ParamType):
+    name = "NAME=VALUE"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, tuple):
+            return value
+        name, sep, text = value.partition("=")
+        if not sep:
+            self.fail(f"expected NAME=VALUE, got {value!r}", param, ctx)
+        return name, text
+
+
+def show_license(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from .license import LICENSE
+
+        click.echo(LICENSE, nl=False)
+        ctx.exit(0)
+
+
 def split_list(value: str) -> tuple:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
@@ -43,6 +63,7 @@ def split_list(value: str) -> tuple:
 @click.option("--maxforks", type=int, default=0, show_default=True, help="Most handlers (WebSocket and CGI) running at once; beyond it, answer HTTP 429. 0: no limit.")
 @click.option("--closems", type=int, default=0, show_default=True, help="Extra milliseconds before the SIGINT/SIGTERM/SIGKILL ladder starts when a connection ends.")
 @click.option("--passenv", default="PATH,LD_LIBRARY_PATH", show_default=True, help="Comma-separated variables of wsexec's environment passed to handlers.")
+@click.option("--env", "env", multiple=True, type=EnvAssignment(), help="A variable for handlers and CGI scripts, after the --passenv ones (the CGI variables still win); repeatable.")
 @click.option("--reverselookup", is_flag=True, help="Resolve the client address to a host name for REMOTE_HOST.")
 @click.option("--origin", default="", metavar="LIST", help="Comma-separated allowed origins (host, host:port or scheme://host:port); others get 403.")
 @click.option("--sameorigin", is_flag=True, help="Allow only an Origin whose host matches the Host header.")
@@ -57,6 +78,8 @@ def split_list(value: str) -> tuple:
 @click.option("--handshakems", type=int, default=10_000, show_default=True, help="Milliseconds a client has to send its complete request head.")
 @click.option("--gracems", type=int, default=2_000, show_default=True, help="Milliseconds to wait for the client's close reply, and for connections to end on shutdown.")
 @click.option("--pingms", type=int, default=0, show_default=True, help="Send a ping every MS milliseconds; a client silent for two intervals is dropped. 0: no pings.")
+@click.option("--idlems", type=int, default=0, show_default=True, help="Close a connection (1000) with no message either way for MS milliseconds; its handler is stopped as when a client leaves. 0: never.")
+@click.option("--lifetimems", type=int, default=0, show_default=True, help="Close a connection (1000) open for MS milliseconds; its handler is stopped as when a client leaves. 0: never.")
 @click.option("--subprotocol", multiple=True, metavar="NAME", help="Accept this WebSocket subprotocol when a client offers it (its first offer that is listed wins; the handler gets WEBSOCKET_PROTOCOL); repeatable.")
 @click.option("--staticdir", type=click.Path(file_okay=False), metavar="DIR", help="Serve the files in DIR to plain HTTP GET and HEAD requests.")
 @click.option("--cgidir", type=click.Path(file_okay=False), metavar="DIR", help="Run the executables in DIR as CGI/1.1 scripts for plain HTTP requests.")
@@ -64,6 +87,7 @@ def split_list(value: str) -> tuple:
 @click.option("--devconsole", is_flag=True, help="Answer plain HTTP GET with a page for trying the WebSocket handler in a browser.")
 @click.option("--redirport", type=int, metavar="PORT", help="Also listen on PORT for plain HTTP and redirect every request to the https:// URL on --port.")
 @front_options  # --ssl, --unixsocket, --trusted-proxy, --proxy-protocol, --inetd... (wsexec/cli_fronts.py)
+@click.option("--license", is_flag=True, expose_value=False, is_eager=True, callback=show_license, help="Print the license (MIT) and exit.")
 @click.version_option(__version__, "--version", prog_name="wsexec", message="%(prog)s %(version)s")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND [ARGS]...")
 def command(
@@ -74,6 +98,7 @@ def command(
     maxforks: int,
     closems: int,
     passenv: str,
+    env: Sequence,
     reverselookup: bool,
     origin: str,
     sameorigin: bool,
@@ -90,6 +115,8 @@ def command(
     staticdir: Optional[str],
     cgidir: Optional[str],
     pingms: int,
+    idlems: int,
+    lifetimems: int,
     subprotocol: Sequence[str],
     cgitimeoutms: int,
     devconsole: bool,
@@ -128,6 +155,9 @@ def command(
         cgitimeoutms=cgitimeoutms,
         subprotocols=tuple(subprotocol),
         pingms=pingms,
+        idlems=idlems,
+        lifetimems=lifetimems,
+        env=tuple(env),
         devconsole=devconsole,
         redirport=redirport,
     )

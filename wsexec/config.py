@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
@@ -22,6 +23,8 @@ EXIT_CANNOT_LISTEN = 3
 EXIT_BAD_COMBINATION = 4
 
 DEFAULT_PORT = 80
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 LOG_LEVELS = ("debug", "trace", "access", "info", "error", "fatal", "none")
 
@@ -72,6 +75,10 @@ class Config:
     redirport: Optional[int] = None  # plain HTTP listener that redirects to https://
     cgitimeoutms: int = 60_000
     pingms: int = 0  # 0: no keepalive pings
+    idlems: int = 0  # a connection with no message either way this long is closed; 0: never
+    lifetimems: int = 0  # a connection open this long is closed; 0: never
+    # --env NAME=VALUE: added to passed_env by load(), after the --passenv variables.
+    env: Tuple[Tuple[str, str], ...] = ()
     subprotocols: Tuple[str, ...] = ()  # offered WebSocket subprotocols wsexec may accept
     # Listeners and what comes before HTTP (wsexec/net/listen.py, front.py, tls.py, proxy.py).
     ssl: bool = False
@@ -228,6 +235,8 @@ def validate(config: Config) -> Config:
         ("--handshakems", config.handshakems, 1),
         ("--gracems", config.gracems, 0),
         ("--pingms", config.pingms, 0),
+        ("--idlems", config.idlems, 0),
+        ("--lifetimems", config.lifetimems, 0),
         ("--cgitimeoutms", config.cgitimeoutms, 1),
         ("--pushtimeoutms", config.pushtimeoutms, 1),
         ("--drainms", config.drainms, 0),
@@ -241,6 +250,12 @@ def validate(config: Config) -> Config:
         raise ConfigError("--port must be at most 65535", EXIT_USAGE)
     if config.redirport is not None and not 0 <= config.redirport <= 65535:
         raise ConfigError("--redirport must be between 0 and 65535", EXIT_USAGE)
+    for name, value in config.env:
+        if not ENV_NAME.fullmatch(name):
+            raise ConfigError(f"--env needs NAME=VALUE with NAME a variable name (letters, digits, _; "
+                              f"not a digit first), not {name + '=' + value!r}", EXIT_USAGE)
+        if "\0" in value:
+            raise ConfigError(f"--env {name}: a value may not contain NUL", EXIT_USAGE)
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
@@ -296,6 +311,8 @@ def load(config: Config) -> Config:
     directories resolved to real paths, the TLS files loaded.
     Returns the config with every path absolute."""
     config = validate(config)
+    if config.env:  # after the --passenv variables; the CGI variables still win (http/environment.py)
+        config = replace(config, passed_env={**config.passed_env, **dict(config.env)})
     if config.ssl:
         try:
             make_context(config.sslcert, config.sslkey, config.sslca)  # type: ignore[arg-type]

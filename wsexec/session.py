@@ -8,7 +8,8 @@ wakes the session, which then closes the other side:
 
     client first      its close was echoed (or it vanished); released at
                       once, then the far end is closed
-    closed by id      (the control API) the client gets that close frame and
+    closed by id      (the control API, or a session limit: --idlems,
+                      --lifetimems) the client gets that close frame and
                       is released, then the far end is closed, as when a
                       client leaves
     shutdown          the far end is closed, then the client gets 1001
@@ -217,6 +218,8 @@ class Session:
             nursery.start_soon(self.pump_output, output_scope)
             if config.pingms:
                 nursery.start_soon(self.keepalive, config.pingms / 1000)
+            if config.idlems or config.lifetimems:  # no task (and no cost) without them
+                nursery.start_soon(self.limits, config.idlems, config.lifetimems)
             # This task pumps the client's messages itself (one task fewer per
             # session) until the client is done or another side finishes.
             with self.input_scope:
@@ -250,8 +253,8 @@ class Session:
                 code, reason = close_frame(ending, outcome)
                 with trio.move_on_after(grace):
                     await ws.close(code, reason, grace)
-            if config.pingms:
-                nursery.cancel_scope.cancel()  # the keepalive task
+            if config.pingms or config.idlems or config.lifetimems:
+                nursery.cancel_scope.cancel()  # the keepalive and limits tasks
         return ending
 
     async def keepalive(self, interval: float) -> None:
@@ -269,6 +272,30 @@ class Session:
                 self.drop_client(f"no answer to pings for {2 * interval:.1f}s")
                 return
             await ws.ping()
+
+    async def limits(self, idlems: int, lifetimems: int) -> None:
+        """--idlems and --lifetimems: close (as the control API's close by id
+        does) a connection with no message either way for idlems, or open for
+        lifetimems. Idle time is watched through the message counters, looked
+        at every quarter of idlems (no clock read per message): a connection
+        is closed after between idlems and 1.25 x idlems without a message."""
+        now = trio.current_time()
+        end = now + lifetimems / 1000 if lifetimems else float("inf")
+        idle = idlems / 1000
+        step = idle / 4 if idlems else float("inf")
+        seen, quiet_since = self.messages_in + self.messages_out, now
+        while True:
+            await trio.sleep_until(min(end, now + step))
+            now = trio.current_time()
+            if now >= end:
+                self.close_by_id(1000, f"open for {lifetimems} ms")
+                return
+            count = self.messages_in + self.messages_out
+            if count != seen:
+                seen, quiet_since = count, now
+            elif now - quiet_since >= idle - 1e-6:
+                self.close_by_id(1000, f"idle for {idlems} ms")
+                return
 
     async def pump_input(self) -> None:
         """Client messages to the far end; a blocked delivery is the backpressure."""
