@@ -10,7 +10,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from support.clients import collect, fetch
 from support.servers import PY, ROOT, WsexecProcess, make_config, script, serving
-from support.waiting import trio_test, wait_gone, wait_slots_free, wait_until
+from support.waiting import trio_test, wait_gone, wait_slots_free
 
 ECHO = """
 import os, sys
