@@ -193,3 +193,32 @@ async def test_a_slow_handler_start_does_not_hold_up_running_connections():
             except ProcessLookupError:
                 pass
         server.proc.wait(10)
+
+
+@pytest.mark.parametrize("threaded", MODES)
+@trio_test(10)
+async def test_a_working_directory_is_set_by_the_c_library_and_refused_inline(tmp_path, threaded):
+    """--cwd: posix_spawn_file_actions_addchdir_np on the spawner thread;
+    os.posix_spawn has no chdir action, so the inline fallback refuses it."""
+    spawner = Spawner(use_thread=threaded)
+    ours, theirs = socket.socketpair()
+    err_read, err_write = os.pipe()
+    try:
+        if not threaded:
+            with pytest.raises(OSError) as refused:
+                await spawner.spawn(["/bin/pwd"], {}, theirs.fileno(), err_write, str(tmp_path))
+            assert refused.value.errno == errno.ENOSYS
+            return
+        pid = await spawner.spawn(["/bin/pwd"], {}, theirs.fileno(), err_write, str(tmp_path))
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(ours)
+        assert ours.recv(4096).decode().strip() == str(tmp_path)
+        with trio.fail_after(5):
+            while os.waitpid(pid, os.WNOHANG)[0] == 0:
+                await trio.sleep(0.01)
+    finally:
+        spawner.close()
+        ours.close()
+        theirs.close()
+        os.close(err_read)
+        os.close(err_write)

@@ -57,6 +57,7 @@ OPTIONS = [
     click.option("--lingerms", type=int, default=0, show_default=True, help="With --shared: milliseconds the process runs on after its last client left."),
     click.option("--sharedqueue", type=Size(), default="64K", show_default=True, help="With --shared: most output bytes waiting for one client; while a client's queue is full the process's output is not read."),
     click.option("--sharedstallms", type=int, default=500, show_default=True, help="With --shared: a client whose queue stays full this long is closed (1008), so the others go on."),
+    click.option("--cwd", metavar="DIR", help="Run handlers and CGI scripts in DIR ('script': each in its own file's directory, as Apache runs CGI scripts). Default: wsexec's working directory."),
     click.option("--reuseport", is_flag=True, help="Let several wsexec processes listen on the same address and port (SO_REUSEPORT); the kernel spreads connections among them."),
     click.option("--control", metavar="ADDRESS", help="Serve the control API (list, push to, close connections by id; /metrics, /healthz, /readyz) on unix:PATH or HOST:PORT, never the public port. A TCP address must be loopback unless --control-token is given."),
     click.option("--control-mode", type=OctalMode(), default="600", show_default=True, help="Permissions of a unix:PATH --control socket, octal."),

@@ -92,6 +92,7 @@ class Config:
     inetd: bool = False  # serve the one connection on stdin/stdout
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
     reuseport: bool = False  # SO_REUSEPORT: several wsexec processes on one address and port
+    cwd: Optional[str] = None  # handlers' working directory: a directory, or "script" (each one's own)
     # --shared (wsexec/backends/shared.py): one process for many clients.
     shared: bool = False
     tagged: bool = False
@@ -328,6 +329,11 @@ def load(config: Config) -> Config:
             resolved[name] = root
     if config.log not in STREAMS:
         resolved["log"] = check_log_file(config.log)
+    if config.cwd is not None and config.cwd != "script":
+        root = os.path.realpath(config.cwd)
+        if not os.path.isdir(root):
+            raise ConfigError(f"--cwd is not a directory: {config.cwd}", EXIT_BAD_COMMAND)
+        resolved["cwd"] = root
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
         problem = script_problem(program)

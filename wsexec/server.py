@@ -48,7 +48,7 @@ class Server:
     def __init__(self, config: Config, control_url: str = "") -> None:
         self.config = config
         self.stats = Stats()
-        self.handlers = Handlers(config.maxforks, stats=self.stats)
+        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served

@@ -89,12 +89,14 @@ class Handlers:
     """Starts handler processes, reaps them on SIGCHLD (telling each waiting
     connection its status), logs their stderr, and counts them for --maxforks."""
 
-    def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None) -> None:
+    def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None,
+                 cwd: Optional[str] = None) -> None:
         self.children: Dict[int, Child] = {}
         self.spawner = spawner or Spawner()
         self.stderr = StderrReader()
         self.slots = Slots(maxforks)
         self.stats = stats or Stats()
+        self.cwd = cwd  # --cwd: a directory, "script" (each program's own), or None (wsexec's)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Reap on SIGCHLD; meanwhile log every handler's stderr."""
@@ -142,7 +144,8 @@ class Handlers:
             raise
         began = time.monotonic()
         try:
-            pid = await self.spawner.spawn(argv, env, theirs.fileno(), err_write)
+            cwd = os.path.dirname(argv[0]) if self.cwd == "script" else self.cwd
+            pid = await self.spawner.spawn(argv, env, theirs.fileno(), err_write, cwd)
             self.stats.started(time.monotonic() - began)
         except BaseException:
             ours.close()

@@ -15,6 +15,7 @@ inline with os.posix_spawn.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import os
 import queue
@@ -39,7 +40,10 @@ _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
-def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> int:
+def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
+                  cwd: Optional[str] = None) -> int:
+    if cwd is not None:  # os.posix_spawn has no chdir action
+        raise OSError(errno.ENOSYS, "--cwd needs the C library's posix_spawn_file_actions_addchdir_np")
     return os.posix_spawn(
         argv[0],
         list(argv),
@@ -98,7 +102,8 @@ class _Libc:
         if result != 0:
             raise OSError(result, os.strerror(result))
 
-    def prepare(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> "_Request":
+    def prepare(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
+                cwd: Optional[str] = None) -> "_Request":
         """Everything the C call needs, built on the loop's thread."""
         if "=" in "".join(env) or "" in env:
             raise ValueError("illegal environment variable name")
@@ -110,6 +115,12 @@ class _Libc:
         try:
             for fd, target in ((stdio, 0), (stdio, 1), (stderr, 2)):
                 self._check(quick.posix_spawn_file_actions_adddup2(actions, fd, target))
+            if cwd is not None:  # --cwd: glibc 2.29 and later
+                addchdir = getattr(quick, "posix_spawn_file_actions_addchdir_np", None)
+                if addchdir is None:
+                    raise OSError(errno.ENOSYS, "--cwd needs the C library's posix_spawn_file_actions_addchdir_np")
+                addchdir.restype = ctypes.c_int
+                self._check(addchdir(actions, os.fsencode(cwd)))
         except OSError:
             quick.posix_spawn_file_actions_destroy(actions)
             raise
@@ -199,11 +210,12 @@ class Spawner:
         except trio.ClosedResourceError:
             return  # close()
 
-    async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int) -> int:
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
+                    cwd: Optional[str] = None) -> int:
         libc = self._libc
         if libc is None:
-            return _inline_spawn(argv, env, stdio, stderr)
-        request = libc.prepare(argv, env, stdio, stderr)
+            return _inline_spawn(argv, env, stdio, stderr, cwd)
+        request = libc.prepare(argv, env, stdio, stderr, cwd)
         if self._thread is None:
             self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             trio.lowlevel.spawn_system_task(self._deliver, self._pipe[0], name="wsexec-spawner-results")
