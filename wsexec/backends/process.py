@@ -35,6 +35,15 @@ def process_outcome(status: Optional[int], too_long: str = "", not_started: str 
     return Outcome(INTERNAL_ERROR, described, described)
 
 
+def stdin_data(messages: Sequence[Message], binary: bool) -> bytes:
+    """Client messages as a handler reads them: raw in binary mode, each
+    followed by "\n" in text mode (the usual single message without a join)."""
+    if len(messages) == 1:
+        return messages[0][1] if binary else messages[0][1] + b"\n"
+    payloads = [payload for _, payload in messages]
+    return b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
+
+
 def line_message(line: bytes) -> Message:
     """A stdout line as a message: text when it is UTF-8, else binary, so no
     byte is lost and no invalid text frame is sent (RFC 6455 section 8.1)."""
@@ -92,11 +101,7 @@ class ProcessFarEnd:
 
     async def deliver(self, messages: Sequence[Message]) -> bool:
         assert self.child is not None
-        if len(messages) == 1:
-            data = messages[0][1] if self.splitter is None else messages[0][1] + b"\n"
-        else:
-            payloads = [payload for _, payload in messages]
-            data = b"".join(payloads) if self.splitter is None else b"\n".join(payloads) + b"\n"
+        data = stdin_data(messages, self.splitter is None)
         try:
             # A handler that does not read blocks this write; meanwhile
             # nobody reads the client, so ask whether it is still there.

@@ -36,7 +36,7 @@ from ..proc.lines import LineSplitter, LineTooLong
 from ..net.streams import STALL_CHECK
 from ..websocket import BINARY, NORMAL, POLICY
 from . import CLIENT_GONE, CannotStart, Ending, Message, Outcome, Refused, SessionInfo
-from .process import line_message, process_outcome
+from .process import line_message, process_outcome, stdin_data
 
 logger = logging.getLogger("wsexec.shared")
 
@@ -302,12 +302,10 @@ class Hub:
         interleaved with another client's), tagged with the id in --tagged."""
         if self.child is None or self.done:
             return False
-        if self.config.binary:
-            data = b"".join(payload for _, payload in messages)
-        elif self.config.tagged:
+        if self.config.tagged:
             data = b"".join(b"%s\t%s\n" % (member.id.encode(), payload) for _, payload in messages)
         else:
-            data = b"".join(payload + b"\n" for _, payload in messages)
+            data = stdin_data(messages, self.config.binary)
         write = self.queue_write(data)
         try:
             while not write.done.is_set():
