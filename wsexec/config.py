@@ -8,6 +8,7 @@ import re
 import shutil
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 from .http.syntax import is_token
 from .log import FORMATS as LOG_FORMATS
@@ -106,11 +107,15 @@ class Config:
     control_token: Optional[str] = None
     pushtimeoutms: int = 5_000  # most a push waits for a client that does not read
     drainms: int = 0  # on SIGTERM: /readyz says 503 and clients are still accepted this long
+    # --callback (wsexec/backends/callback.py): each connection's events as HTTP requests to an API.
+    callback: Optional[str] = None  # http:// or https:// URL, in place of COMMAND
+    callback_concurrency: int = 100  # most requests to the API in flight (and pooled connections)
+    callbacktimeoutms: int = 29_000  # each request's whole time (AWS API Gateway's 29 s)
 
     @property
     def has_handler(self) -> bool:
-        """Whether WebSocket upgrades run anything (else the site alone is served)."""
-        return bool(self.command or self.dir)
+        """Whether WebSocket upgrades go anywhere (else the site alone is served)."""
+        return bool(self.command or self.dir or self.callback)
 
     @property
     def serves_plain(self) -> bool:
@@ -209,11 +214,11 @@ def validate_control(config: Config) -> None:
 def validate(config: Config) -> Config:
     """Check the combination of options, without touching any file; raises
     ConfigError. load() then does the checks that need the file system."""
-    has_handler = bool(config.dir or config.command)
+    has_handler = config.has_handler
     if config.dir and config.command:
         raise ConfigError("give either --dir or a COMMAND, not both", EXIT_BAD_COMBINATION)
     if not has_handler and not (config.staticdir or config.cgidir):
-        raise ConfigError("missing COMMAND (or --dir, or a site to serve with --staticdir or --cgidir)", EXIT_USAGE)
+        raise ConfigError("missing COMMAND (or --dir, --callback, or a site to serve with --staticdir or --cgidir)", EXIT_USAGE)
     if config.devconsole and not has_handler:
         raise ConfigError("--devconsole tries a WebSocket handler: give COMMAND or --dir", EXIT_BAD_COMBINATION)
     if config.origins and config.sameorigin:
@@ -244,6 +249,8 @@ def validate(config: Config) -> Config:
         ("--lingerms", config.lingerms, 0),
         ("--sharedqueue", config.sharedqueue, 1024),
         ("--sharedstallms", config.sharedstallms, 1),
+        ("--callback-concurrency", config.callback_concurrency, 1),
+        ("--callbacktimeoutms", config.callbacktimeoutms, 1),
     ):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
@@ -260,7 +267,47 @@ def validate(config: Config) -> Config:
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
+    validate_callback(config)
     return config
+
+
+def callback_problem(url: str) -> str:
+    """Why a --callback URL cannot be used ('' if it can)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as e:
+        return f"not a URL: {e}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "needs a host"
+    if parts.fragment or any(c.isspace() or ord(c) < 32 for c in url):
+        return "may not hold a #fragment, spaces or control characters"
+    return ""
+
+
+def validate_callback(config: Config) -> None:
+    """--callback replaces COMMAND, and takes no option that only means
+    something for processes (--cgidir scripts are processes, so with --cgidir
+    the process options are still theirs)."""
+    if config.callback is None:
+        return
+    problem = callback_problem(config.callback)
+    if problem:
+        raise ConfigError(f"--callback {config.callback}: {problem}", EXIT_USAGE)
+    given = [name for name, on in (
+        ("COMMAND", config.command), ("--dir", config.dir), ("--shared", config.shared),
+        ("--binary", config.binary), ("--tagged", config.tagged), ("--topics", config.topics),
+    ) if on]
+    if not config.cgidir:
+        given += [name for name, on in (
+            ("--maxforks", config.maxforks), ("--closems", config.closems), ("--cwd", config.cwd),
+            ("--env", config.env), ("--reverselookup", config.reverselookup),
+        ) if on]
+    if given:
+        raise ConfigError(f"--callback sends connections to an HTTP API, no process: not with {', '.join(given)}",
+                          EXIT_BAD_COMBINATION)
 
 
 def validate_shared(config: Config) -> None:

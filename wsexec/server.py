@@ -52,7 +52,11 @@ class Server:
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served
-        if config.shared:
+        if config.callback:
+            from .backends.callback import CallbackBackend  # with --callback only: it loads httpx
+
+            backend = CallbackBackend(config, control_url)
+        elif config.shared:
             backend = SharedBackend(config, self.handlers)
         elif config.has_handler:
             backend = ProcessBackend(config, self.handlers)
@@ -155,8 +159,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     try:
         async with trio.open_nursery() as root:
             await root.start(server.handlers.run)
-            if isinstance(server.backend, SharedBackend):
-                await root.start(server.backend.run)
+            if hasattr(server.backend, "run"):  # the shared processes' hubs, the HTTP client's pool
+                await root.start(server.backend.run)  # type: ignore[union-attr]
             if handle_signals:
                 # Started, not just scheduled: a SIGTERM right after "listening on"
                 # must already take the graceful path.
@@ -171,7 +175,9 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
                 gc.freeze()  # what that import made lives as long as the server: keep it out of collections
                 await root.start(server.control.serve, control)
                 logger.info("control API on %s", server.shared.control_url)
-            serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else "no handler (site only)")
+            serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else
+                                                   f"--callback {config.callback}" if config.callback else
+                                                   "no handler (site only)")
             for url in server.urls:
                 logger.info("serving %s on %s", serving, url)
             task_status.started(server)

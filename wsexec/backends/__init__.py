@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple
 
-from ..http.request import HttpError
+from ..http.request import HttpError, Request
 
 if TYPE_CHECKING:
     from ..http.routing import Route
@@ -75,11 +75,15 @@ class SessionInfo(NamedTuple):
     env: Dict[str, str]  # the CGI environment
     log: ConnectionLog
     client_present: Callable[[], bool]  # asked while a delivery is blocked: has the client left?
+    request: Optional[Request] = None  # the upgrade request (an HTTP backend passes its headers on)
 
 
 class FarEnd(Protocol):
     label: str  # for the log's pid field
     outcome: Optional[Outcome]  # set once close() has run, even if it was cancelled
+    # Fields connect() adds to the 101 (an HTTP API's Set-Cookie and
+    # Sec-WebSocket-Protocol); () for most far ends. Read before start().
+    upgrade_headers: Tuple[Tuple[str, str], ...]
 
     @property
     def finished(self) -> bool:

@@ -68,6 +68,7 @@ class ProcessBackend:
 class ProcessFarEnd:
     __slots__ = ("config", "handlers", "info", "label", "child", "splitter", "read_size", "output_ended",
                  "too_long", "not_started", "outcome")
+    upgrade_headers = ()  # nothing for the 101
 
     def __init__(self, config: Config, handlers: Handlers, info: SessionInfo) -> None:
         self.config = config
@@ -97,7 +98,7 @@ class ProcessFarEnd:
             info.log.error("%s (%s)", self.not_started, info.route.program)
             raise CannotStart(self.not_started) from None
         self.label = str(self.child.pid)
-        self.info = info._replace(env={})  # held for the whole session: keep no copy of the environment
+        self.info = info._replace(env={}, request=None)  # held for the whole session: keep no copy of the environment
 
     async def deliver(self, messages: Sequence[Message]) -> bool:
         assert self.child is not None

@@ -100,6 +100,8 @@ class Write:
 class Member:
     """One session's side of a hub: a bounded queue of messages for it."""
 
+    upgrade_headers = ()  # nothing for the 101
+
     def __init__(self, hub: "Hub", info: SessionInfo, topics: Tuple[str, ...]) -> None:
         self.hub = hub
         self.info = info
