@@ -1,5 +1,6 @@
 """Smoke test of the benchmark harness: it runs end to end and reports every
-scenario for both servers. It asserts nothing about speed."""
+scenario for both servers (Pushpin and bench/origin included: S9, S10). It
+asserts nothing about speed."""
 from __future__ import annotations
 
 import re
@@ -9,14 +10,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "C1", "C2",
-             "S7a", "S7b", "S7c", "S7d", "S8"]
+             "S7a", "S7b", "S7c", "S7d", "S8", "S9", "S10"]
 
 
 def table_rows(text: str) -> dict[str, list[list[str]]]:
     """Scenario id -> the cells of its table rows."""
     rows: dict[str, list[list[str]]] = {}
     for line in text.splitlines():
-        m = re.match(r"\| ([SC]\d[a-d]?) ", line)
+        m = re.match(r"\| ([SC]\d+[a-d]?) ", line)
         if m:
             rows.setdefault(m.group(1), []).append([c.strip() for c in line.strip("|").split("|")])
     return rows
@@ -56,12 +57,25 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
     s8 = {row[1]: row for row in rows["S8"]}
     assert s8["clients that got the line"][4] == s8["clients opened"][4] != "0", proc.stdout
     assert s8["children left after"][4] == "0", proc.stdout
+    # in front of an API (bench/origin): Pushpin's WebSocket-over-HTTP against wsexec --callback
+    assert "| pushpin | wsexec --callback | wsexec --callback ÷ pushpin |" in proc.stdout
+    s9 = {row[1]: row for row in rows["S9"]}
+    s10 = {row[1]: row for row in rows["S10"]}
+    for col in (3, 4):
+        assert float(s9["messages/s"][col]) > 0, proc.stdout
+        assert float(s9["server CPU µs/msg"][col]) > 0, proc.stdout
+        assert float(s9["origin CPU µs/msg"][col]) > 0, proc.stdout
+        assert s10["held: echoes answered after the hold"][col] == s10["connections opened"][col] == "200", proc.stdout
+        assert float(s10["server RSS KiB/conn (all its processes)"][col]) > 0, proc.stdout
+        for sid in ("S9", "S10"):
+            assert {"S9": s9, "S10": s10}[sid]["children left after"][col] == "0", (sid, proc.stdout)
 
     written = out.read_text()
     assert "| scenario | figure | better | websocketd | wsexec |" in written
     assert sorted(table_rows(written)) == sorted(SCENARIOS)
     assert "| wsexec | wsexec --control |" in written
-    for word in ("nproc", "kernel", "python", "trio", "websocketd", "wsexec"):
+    assert "| pushpin | wsexec --callback |" in written
+    for word in ("nproc", "kernel", "python", "trio", "websocketd", "wsexec", "pushpin", "bench/origin"):
         assert word in written
 
 
