@@ -69,6 +69,8 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
         assert float(s10["server RSS KiB/conn (all its processes)"][col]) > 0, proc.stdout
         for sid in ("S9", "S10"):
             assert {"S9": s9, "S10": s10}[sid]["children left after"][col] == "0", (sid, proc.stdout)
+    # Pushpin drops some connections under load (counted); wsexec must not
+    assert s9["connections dropped by the server"][4] == "0", proc.stdout
 
     written = out.read_text()
     assert "| scenario | figure | better | websocketd | wsexec |" in written
