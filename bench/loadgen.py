@@ -248,21 +248,25 @@ async def _paced(n: int, rate: float, make, tasks: Optional[list] = None) -> lis
 
 
 async def s5_held(url: str, n: int, rate: float,
-                  sample: Callable[[int], dict[str, float]]) -> dict:
+                  sample: Callable[[int], dict[str, float]], echoes: int = 0) -> dict:
     """Open n connections at `rate`/s and hold them; sample() the server while
-    all are held; then one echo each (also paced), then close all."""
+    all are held; then one echo each (also paced), then close all. With
+    `echoes`, only that many connections, spread evenly, echo (S10: each echo
+    costs an API request), and "held" counts those the server has not closed."""
     opened = await _paced(n, rate, lambda i: connect(url))
     pairs = [p for p in opened if not isinstance(p, BaseException)]
     try:
         await asyncio.sleep(1.0)  # let the server finish spawning before measuring
         figures = sample(len(pairs))
-        lat = await _paced(len(pairs), rate,
-                           lambda i: round_trip(*pairs[i], msg32(), PATIENCE))
+        held = sum(not e.closed for _, e in pairs)
+        probe = pairs[::max(1, len(pairs) // echoes)][:echoes] if echoes else pairs
+        lat = await _paced(len(probe), rate,
+                           lambda i: round_trip(*probe[i], msg32(), PATIENCE))
         ok = [x for x in lat if isinstance(x, float)]
     finally:
         for t, _ in pairs:
             close(t)
-    figures.update({"opened": len(pairs), "ok": len(ok), "p99": pct(ok, 99, 1e3)})
+    figures.update({"opened": len(pairs), "held": held, "ok": len(ok), "p99": pct(ok, 99, 1e3)})
     # Failures are counted, not fatal; say why so a short count can be explained.
     why = Counter(f"{type(x).__name__}: {x}"[:80] for x in opened + lat if isinstance(x, BaseException))
     if why:

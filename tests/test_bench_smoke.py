@@ -65,7 +65,8 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
         assert float(s9["messages/s"][col]) > 0, proc.stdout
         assert float(s9["server CPU µs/msg"][col]) > 0, proc.stdout
         assert float(s9["origin CPU µs/msg"][col]) > 0, proc.stdout
-        assert s10["held: echoes answered after the hold"][col] == s10["connections opened"][col] == "200", proc.stdout
+        assert s10["connections held (not closed by the server)"][col] == s10["connections opened"][col] == "200", proc.stdout
+        assert s10["echoes answered after the hold (of 20)"][col] == "20", proc.stdout
         assert float(s10["server RSS KiB/conn (all its processes)"][col]) > 0, proc.stdout
         for sid in ("S9", "S10"):
             assert {"S9": s9, "S10": s10}[sid]["children left after"][col] == "0", (sid, proc.stdout)
