@@ -396,7 +396,7 @@ async def test_bad_backends_then_no_leak():
         ]:
             got, closed, why = await collect(url, ["first", *sends, "never posted"], timeout=15)
             assert (got, closed, why) == (["re: first"], code, reason), sends
-            assert log in log_lines(tail)
+            await wait_until(lambda: log in log_lines(tail), 5, f"the log line {log!r}")
             await still_serves(server.port)
         assert [r[3] for r in api.seen("POST")].count(b"never posted") == 0
         async with open_websocket_url(url) as ws:  # invalid UTF-8 as text/plain: binary
@@ -405,7 +405,7 @@ async def test_bad_backends_then_no_leak():
         # slower than the timeout at connect: 504
         answer = await raw_http(server.port, upgrade_request("/slowget"), timeout=10)
         assert answer.startswith(b"HTTP/1.1 504 ")
-        assert "API did not answer the connect GET" in log_lines(tail)
+        await wait_until(lambda: "API did not answer the connect GET" in log_lines(tail), 5, "the 504's log line")
         await still_serves(server.port)
         await trio.sleep(2)  # the slow API threads finish their answers to closed sockets
         await wait_until(lambda: fd_count(server.proc.pid) <= baseline, 10,
