@@ -331,6 +331,26 @@ async def test_every_request_and_header(tmp_path):
 
 
 @trio_test(40)
+async def test_forwarded_for_the_real_client_behind_a_trusted_proxy():
+    """Behind a trusted proxy the API hears of the client the proxy names,
+    not of the proxy; from anyone else such headers are replaced."""
+    with Api() as api, WsexecProcess("--callback", f"http://127.0.0.1:{api.port}/",
+                                     "--trusted-proxy", "127.0.0.1") as server:
+        head = await response_head(server.port, upgrade_request(
+            "/", "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.org\r\n"))
+        assert head.startswith(b"HTTP/1.1 101 ")
+        headers = api.seen("GET")[0][2]
+        assert (headers["x-forwarded-for"], headers["x-forwarded-proto"], headers["x-forwarded-host"]) == \
+            ("203.0.113.7", "https", "example.org")
+    with Api() as api, WsexecProcess("--callback", f"http://127.0.0.1:{api.port}/",
+                                     "--trusted-proxy", "10.9.9.9") as server:
+        await response_head(server.port, upgrade_request(
+            "/", "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"))
+        headers = api.seen("GET")[0][2]
+        assert (headers["x-forwarded-for"], headers["x-forwarded-proto"]) == ("127.0.0.1", "http")
+
+
+@trio_test(40)
 async def test_refusal_is_the_apis_answer():
     with Api() as api, WsexecProcess("--callback", f"http://127.0.0.1:{api.port}/") as server:
         answer = await raw_http(server.port, upgrade_request("/refuse"), timeout=10)
