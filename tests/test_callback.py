@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -20,11 +21,12 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from support.certs import make_certs
 from support.clients import collect, fetch, raw_http, response_head, upgrade_request
 from support.procfs import fd_count
 from support.servers import PY, ROOT, WsexecProcess, drain_output
 from support.waiting import readline_within, trio_test, wait_for, wait_until
-from wsexec.backends.callback import accept_headers, forwarded_headers, refusal, reply_message, request_url
+from wsexec.backends.callback import accept_headers, forwarded_headers, refusal, reply_message, api_target
 from wsexec.config import EXIT_BAD_COMBINATION, EXIT_USAGE, Config, ConfigError, validate
 from wsexec.websocket import BINARY, TEXT
 
@@ -32,17 +34,18 @@ from wsexec.websocket import BINARY, TEXT
 
 
 @pytest.mark.parametrize("base, target, expected", [
-    ("http://api/ws", "/", "http://api/ws"),
-    ("http://api/ws", "/room/1?x=2", "http://api/ws/room/1?x=2"),
-    ("http://api/ws/", "/room", "http://api/ws/room"),
-    ("http://api/", "/", "http://api/"),
-    ("http://api/", "/?a=1", "http://api/?a=1"),
-    ("http://api/hook?key=k", "/chat?y=1", "http://api/hook/chat?key=k&y=1"),
-    ("http://api/hook?key=k", "/", "http://api/hook?key=k"),
-    ("http://api/cgi-bin/ws.cgi", "/a%20b", "http://api/cgi-bin/ws.cgi/a%20b"),
+    ("/ws", "/", "/ws"),
+    ("/ws", "/room/1?x=2", "/ws/room/1?x=2"),
+    ("/ws/", "/room", "/ws/room"),
+    ("/", "/", "/"),
+    ("/", "/room", "/room"),
+    ("/", "/?a=1", "/?a=1"),
+    ("/hook?key=k", "/chat?y=1", "/hook/chat?key=k&y=1"),
+    ("/hook?key=k", "/", "/hook?key=k"),
+    ("/cgi-bin/ws.cgi", "/a%20b", "/cgi-bin/ws.cgi/a%20b"),
 ])
-def test_request_url(base, target, expected):
-    assert request_url(base, target) == expected
+def test_api_target(base, target, expected):
+    assert api_target(base, target) == expected
 
 
 @pytest.mark.parametrize("client, kept", [
@@ -111,6 +114,7 @@ def test_reply_message(content_type, body, kind):
     (dict(callback="http:///x"), EXIT_USAGE, "host"),
     (dict(callback="http://api:99999/"), EXIT_USAGE, "URL"),
     (dict(callback="http://api/#f"), EXIT_USAGE, "fragment"),
+    (dict(callback="http://api/é"), EXIT_USAGE, "non-ASCII"),
     (dict(callback="http://api/", command=("cat",)), EXIT_BAD_COMBINATION, "COMMAND"),
     (dict(callback="http://api/", dir="/tmp"), EXIT_BAD_COMBINATION, "--dir"),
     (dict(callback="http://api/", shared=True), EXIT_BAD_COMBINATION, "--shared"),
@@ -150,7 +154,7 @@ class Api:
     """Python's stdlib HTTP/1.1 server on 127.0.0.1: records every request and
     behaves by path (see Handler). open_connections counts wsexec's sockets to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
         self.requests: List[Tuple[str, str, Dict[str, str], bytes]] = []
         self.lock = threading.Lock()
         self.open_connections = 0
@@ -244,6 +248,8 @@ class Api:
             do_GET = do_POST = do_DELETE = handle_one
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -293,7 +299,7 @@ async def test_every_request_and_header(tmp_path):
         assert headers["x-forwarded-host"] == "127.0.0.1"
         assert headers["wsexec-control"] == server.control_url
         assert not [h for h in headers if h.startswith("sec-websocket") or h in ("upgrade", "forwarded")]
-        assert headers["connection"].lower() == "keep-alive"  # wsexec's own, to the API
+        assert "connection" not in headers  # the client's is hop-by-hop; HTTP/1.1 keeps alive by default
         first_id = headers["connection-id"]
         await wait_until(lambda: len(api.seen("DELETE")) == 1, 10, "the DELETE after the client vanished")
         assert api.seen("DELETE")[0][2]["websocket-close-code"] == "1006"
@@ -348,6 +354,28 @@ async def test_forwarded_for_the_real_client_behind_a_trusted_proxy():
             "/", "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"))
         headers = api.seen("GET")[0][2]
         assert (headers["x-forwarded-for"], headers["x-forwarded-proto"]) == ("127.0.0.1", "http")
+
+
+@trio_test(40)
+async def test_https_api(tmp_path):
+    """An https:// API, its certificate checked against the CAs OpenSSL
+    trusts (here SSL_CERT_FILE names the test's CA); without that trust the
+    connect is refused 502."""
+    certs = make_certs(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(certs.cert), str(certs.key))
+    with Api(context) as api:
+        env = dict(os.environ, SSL_CERT_FILE=str(certs.cacert))
+        with WsexecProcess("--callback", f"https://127.0.0.1:{api.port}/", env=env) as server:
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+                await ws.send_message("over tls")
+                assert await ws.get_message() == "re: over tls"
+                await ws.send_message("again")
+                assert await ws.get_message() == "re: again"
+        assert [r[3] for r in api.seen("POST")] == [b"over tls", b"again"]
+        with WsexecProcess("--callback", f"https://127.0.0.1:{api.port}/") as server:
+            answer = await raw_http(server.port, upgrade_request("/"), timeout=10)
+            assert answer.startswith(b"HTTP/1.1 502 ")
 
 
 @trio_test(40)
