@@ -242,6 +242,9 @@ class Api:
                     return self.answer(200, b"\xff\xfeok", kind="text/plain")
                 if body == b"quiet":
                     return self.answer(204)
+                if body == b"hangup":  # answers, then closes the kept-alive connection without saying so
+                    self.close_connection = True
+                    return self.answer(200, b"bye")
                 kind = self.headers.get("Content-Type", "text/plain")
                 return self.answer(200, b"re: " + body, kind=kind)
 
@@ -447,6 +450,11 @@ async def test_bad_backends_then_no_leak():
             await wait_until(lambda: log in log_lines(tail), 5, f"the log line {log!r}")
             await still_serves(server.port)
         assert [r[3] for r in api.seen("POST")].count(b"never posted") == 0
+        async with open_websocket_url(url) as ws:  # the API closed the pooled connection: a new one
+            await ws.send_message("hangup")
+            assert await ws.get_message() == "bye"
+            await ws.send_message("next")
+            assert await ws.get_message() == "re: next"
         async with open_websocket_url(url) as ws:  # invalid UTF-8 as text/plain: binary
             await ws.send_message("badutf")
             assert await ws.get_message() == b"\xff\xfeok"
@@ -501,6 +509,57 @@ async def test_api_down_at_connect_and_later():
                 (1011, "API unreachable"), (1011, "API answer cut short"))
             assert time.monotonic() - started < 5
         await wait_until(lambda: "DELETE failed" in log_lines(tail), 5, "the DELETE's log line")
+
+
+def hangup_api(listener: socket.socket, posts: List[bytes]) -> None:
+    """A raw HTTP/1.1 API: its first connection answers one request, then
+    closes on reading the next one without answering (as a server ending an
+    idle keep-alive connection just as it is reused); later ones answer all."""
+    for number in range(3):
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            for answered in range(100):
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b"\r\n\r\n" not in data:
+                    break
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), b"0"))
+                while len(data) < length:
+                    data += conn.recv(65536)
+                body, data = data[:length], data[length:]
+                if number == 0 and answered == 1:
+                    break  # closed, unanswered
+                if head.startswith(b"POST"):
+                    posts.append(body)
+                reply = b"re: " + body if head.startswith(b"POST") else b"ok"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(reply), reply))
+
+
+@trio_test(40)
+async def test_reused_connection_closed_unanswered_is_retried_once():
+    listener = socket.create_server(("127.0.0.1", 0))
+    posts: List[bytes] = []
+    thread = threading.Thread(target=hangup_api, args=(listener, posts), daemon=True)
+    thread.start()
+    try:
+        with WsexecProcess("--callback", f"http://127.0.0.1:{listener.getsockname()[1]}/") as server:
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+                await ws.send_message("first")  # on the connect GET's connection: closed unanswered, sent again
+                assert await ws.get_message() == "re: first"
+        assert posts == [b"first"]
+    finally:
+        listener.close()
 
 
 # --- the example API, unchanged (ws2api's shape) ----------------------------------------------
