@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Api(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: wsexec pools its connections
+    disable_nagle_algorithm = True  # else each small answer waits ~40 ms for a delayed ACK
 
     def answer(self, status, body=b"", kind="text/plain; charset=utf-8"):
         self.send_response(status)

@@ -152,7 +152,7 @@ def test_the_wheel_holds_every_module(tmp_path):
 
 def test_plain_wsexec_loads_no_mode_libraries():
     """Small boards count every megabyte: prometheus_client (and json, the
-    control API's) load only with --control."""
+    control API's) load only with --control, the HTTP client only with --callback."""
     import subprocess
     import sys
 
@@ -166,3 +166,4 @@ def test_plain_wsexec_loads_no_mode_libraries():
     with_control = subprocess.run([sys.executable, "-c", "import sys, wsexec.control; print(' '.join(sys.modules))"],
                                   cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert "prometheus_client" in with_control
+    assert "wsexec.backends.callback" not in loaded and "wsexec.http.client" not in loaded

@@ -282,8 +282,8 @@ def callback_problem(url: str) -> str:
         return "must start with http:// or https://"
     if not parts.hostname:
         return "needs a host"
-    if parts.fragment or any(c.isspace() or ord(c) < 32 for c in url):
-        return "may not hold a #fragment, spaces or control characters"
+    if parts.fragment or any(c.isspace() or not 32 < ord(c) < 127 for c in url):
+        return "may not hold a #fragment, spaces, control or non-ASCII characters (percent-encode them)"
     return ""
 
 

@@ -53,7 +53,7 @@ class Server:
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served
         if config.callback:
-            from .backends.callback import CallbackBackend  # with --callback only: it loads httpx
+            from .backends.callback import CallbackBackend  # with --callback only: its HTTP client
 
             backend = CallbackBackend(config, control_url)
         elif config.shared:

@@ -18,24 +18,25 @@ program behind an ordinary HTTP server (even a CGI script) serves WebSockets.
 
 Every request carries Connection-Id (the control API's id, so the API can
 push and close through it) and, with --control, Wsexec-Control (that API's
-address). One httpx client serves every connection: HTTP/1.1 keep-alive, at
-most --callback-concurrency connections to the API, so at most that many
-requests in flight; each request (waiting for a pooled connection included)
-has --callbacktimeoutms. httpx is imported only here, with --callback.
+address). One pool (wsexec/http/client.py) serves every connection: HTTP/1.1
+keep-alive, at most --callback-concurrency connections to the API and as many
+requests in flight; each request (its wait for a turn included) has
+--callbacktimeoutms.
 
-An idle connection costs one small object (slots): no task, no httpx object.
+An idle connection costs one small object (slots): no task, no HTTP object.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
-import httpx
+import h11
 import trio
 
 from .. import __version__
 from ..config import Config
+from ..http.client import CutShort, Pool, TooBig, Unreachable
 from ..http.syntax import header_tokens
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
 from . import (
@@ -70,12 +71,13 @@ REFUSAL_BODY = 8 * 1024  # the most of a refusal's body passed on (and of a 2xx 
 TEXT_TYPES = ("application/json", "application/javascript", "application/xml", "application/x-www-form-urlencoded")
 
 
-def request_url(base: str, target: str) -> str:
-    """The API's URL for a client target: base + the client's path beyond '/'
-    + its query (after the base's own query, if it has one).
+def api_target(base: str, target: str) -> str:
+    """The request target at the API for a client's target: the --callback
+    URL's path (base) + the client's path beyond '/' + its query (after the
+    base's own query, if it has one).
 
-    >>> request_url("http://api/ws", "/room/1?x=2")
-    'http://api/ws/room/1?x=2'
+    >>> api_target("/ws", "/room/1?x=2")
+    '/ws/room/1?x=2'
     """
     path, _, query = target.partition("?")
     base, _, base_query = base.partition("?")
@@ -149,43 +151,19 @@ class Failed(Exception):
         self.reason = reason
 
 
-class TooBig(Exception):
-    pass
-
-
-async def read_body(response: httpx.Response, limit: int) -> bytes:
-    """The body, read as it comes; TooBig as soon as it passes limit (by its
-    Content-Length, or counting), so an oversized answer is never held whole."""
-    length = response.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise TooBig
-    chunks, size = [], 0
-    async for chunk in response.aiter_raw():  # raw: Accept-Encoding is identity, nothing is inflated
-        size += len(chunk)
-        if size > limit:
-            raise TooBig
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class CallbackBackend:
-    """One pooled HTTP client for every connection."""
+    """One pool of connections to the API for every connection."""
 
     def __init__(self, config: Config, control_url: str = "") -> None:
         assert config.callback is not None
         self.config = config
-        self.url = config.callback
+        parts = urlsplit(config.callback)
+        self.base = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")  # targets start from it
         self.timeout = config.callbacktimeoutms / 1000
         self.grace = config.gracems / 1000
         self.common: Tuple[Header, ...] = ((CONTROL_HEADER, control_url),) if control_url else ()
-        n = config.callback_concurrency
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=5.0),
-            timeout=None,  # each request's whole time is bounded by a trio deadline instead
-            headers={"User-Agent": f"wsexec/{__version__}", "Accept-Encoding": "identity"},
-            follow_redirects=False, trust_env=False,
-        )
-        self.log = logging.getLogger("wsexec.callback")
+        self.own = (("User-Agent", f"wsexec/{__version__}"),) + self.common  # the connect GET has the client's
+        self.pool = Pool(config.callback, config.callback_concurrency)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Holds the pool for the server's life; closes it at the end."""
@@ -193,90 +171,79 @@ class CallbackBackend:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self.grace):
-                await self.client.aclose()
+            self.pool.close()
 
     async def connect(self, info: SessionInfo) -> "CallbackFarEnd":
         request = info.request
         assert request is not None
-        url = request_url(self.url, request.target)
+        target = api_target(self.base, request.target)
         headers = forwarded_headers(request.headers, request.remote[0], request.tls,
                                     request.forwarded_host or request.header("host"))
         headers += [("Connection-Id", info.id), *self.common]
-        answer: List[Header] = []
-        status = 0
-        body = b""
         try:
             with trio.fail_after(self.timeout):
-                async with self.client.stream("GET", url, headers=headers) as response:
-                    status = response.status_code
-                    answer = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in response.headers.raw]
+                async with self.pool.request("GET", target, headers) as answer:
+                    status = answer.status
                     try:
-                        body = await read_body(response, REFUSAL_BODY)
+                        body = await answer.read(REFUSAL_BODY)
                     except TooBig:
                         body = b""  # a 2xx body is not used; a refusal gets its status alone
         except trio.TooSlowError:
-            info.log.error("API did not answer the connect GET in %.3fs: %s", self.timeout, url)
+            info.log.error("API did not answer the connect GET in %.3fs: %s", self.timeout, target)
             raise Refused(504, "the API did not answer in time") from None
-        except httpx.LocalProtocolError as e:  # a client header h11 will not send on
-            info.log.error("connect GET not sendable: %s", describe(e))
+        except h11.LocalProtocolError as e:  # a client header that cannot be sent on
+            info.log.error("connect GET not sendable: %s", e)
             raise Refused(400, "request headers that cannot be passed on to the API") from None
-        except httpx.InvalidURL as e:
-            info.log.error("connect GET not sendable: %s", describe(e))
-            raise Refused(400, "a request target that cannot be passed on to the API") from None
-        except httpx.TransportError as e:
-            if not status:
-                info.log.error("API unreachable for the connect GET: %s: %s", url, describe(e))
-                raise Refused(502, "the API is unreachable") from None
-            info.log.error("API answer to the connect GET cut short: %s: %s", url, describe(e))
+        except Unreachable as e:
+            info.log.error("API unreachable for the connect GET: %s", e)
+            raise Refused(502, "the API is unreachable") from None
+        except CutShort as e:
+            info.log.error("API answer to the connect GET cut short: %s", e)
             raise Refused(502, "the API's answer was cut short") from None
         if not 200 <= status < 300:
-            raise refusal(status, answer, body)
-        _, upgrade = accept_headers(answer, request.header("sec-websocket-protocol"))
-        return CallbackFarEnd(self, info, self.url if url == self.url else url, upgrade)  # most share one string
+            raise refusal(status, answer.headers, body)
+        _, upgrade = accept_headers(answer.headers, request.header("sec-websocket-protocol"))
+        return CallbackFarEnd(self, info, self.base if target == self.base else target, upgrade)  # most share one string
 
     async def post(self, far: "CallbackFarEnd", kind: int, payload: bytes) -> Optional[Message]:
         """One client message to the API; its reply, if any. Raises Failed."""
-        headers = (("Connection-Id", far.id), ("Content-Type", message_type(kind)), *self.common)
-        status = 0
+        headers = (("Connection-Id", far.id), ("Content-Type", message_type(kind)), *self.own)
         try:
             with trio.fail_after(self.timeout):
-                async with self.client.stream("POST", far.url, headers=headers, content=payload) as response:
-                    status = response.status_code
-                    if not 200 <= status < 300:
-                        raise Failed(INTERNAL_ERROR, f"API answered {status}")
-                    body = await read_body(response, self.config.maxmessage)
+                async with self.pool.request("POST", far.target, headers, payload) as answer:
+                    if not 200 <= answer.status < 300:
+                        raise Failed(INTERNAL_ERROR, f"API answered {answer.status}")
+                    body = await answer.read(self.config.maxmessage)
         except trio.TooSlowError:
             raise Failed(INTERNAL_ERROR, "API did not answer in time") from None
         except TooBig:
             raise Failed(TOO_BIG, f"API answer over {self.config.maxmessage} bytes") from None
-        except httpx.TransportError as e:
-            far.log.debug("POST %s: %s", far.url, describe(e))
-            raise Failed(INTERNAL_ERROR, "API answer cut short" if status else "API unreachable") from None
-        return reply_message(response.headers.get("content-type"), body) if body else None
+        except Unreachable as e:
+            far.log.debug("POST %s: %s", far.target, e)
+            raise Failed(INTERNAL_ERROR, "API unreachable") from None
+        except CutShort as e:
+            far.log.debug("POST %s: %s", far.target, e)
+            raise Failed(INTERNAL_ERROR, "API answer cut short") from None
+        return reply_message(answer.header("content-type"), body) if body else None
 
     async def delete(self, far: "CallbackFarEnd", code: int, reason: str, limit: float) -> str:
         """The disconnect; its status for the DISCONNECT line (never raises)."""
         headers = (("Connection-Id", far.id), ("WebSocket-Close-Code", str(code)),
-                   ("WebSocket-Close-Reason", reason.encode("utf-8").decode("latin-1")), *self.common)
+                   ("WebSocket-Close-Reason", reason.encode("utf-8").decode("latin-1")), *self.own)
         try:
             with trio.fail_after(limit):
-                async with self.client.stream("DELETE", far.url, headers=headers) as response:
+                async with self.pool.request("DELETE", far.target, headers) as answer:
                     try:
-                        await read_body(response, REFUSAL_BODY)  # read, so the connection is kept alive
+                        await answer.read(REFUSAL_BODY)  # read, so the connection is kept alive
                     except TooBig:
                         pass
-                    return f"http {response.status_code}"
+                    return f"http {answer.status}"
         except trio.TooSlowError:
-            far.log.error("API did not answer the DELETE in %.3fs", limit)
+            far.log.debug("API did not answer the DELETE in %.3fs", limit)  # the DISCONNECT line says so
             return "DELETE not answered in time"
-        except httpx.TransportError as e:
-            far.log.error("DELETE failed: %s", describe(e))
+        except (Unreachable, CutShort) as e:
+            far.log.debug("DELETE failed: %s", e)  # the DISCONNECT line says so
             return "DELETE failed"
-
-
-def describe(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 class CallbackFarEnd:
@@ -286,14 +253,14 @@ class CallbackFarEnd:
     client that does not read holds its own posts back. The one task that
     waits (reader or poster, never both) is parked in `waiter`."""
 
-    __slots__ = ("backend", "id", "url", "log", "upgrade_headers", "reply", "waiter", "on_finish", "failure",
+    __slots__ = ("backend", "id", "target", "log", "upgrade_headers", "reply", "waiter", "on_finish", "failure",
                  "ended", "outcome")
     label = "-"  # no process: the log's pid field and the control API's pid (null)
 
-    def __init__(self, backend: CallbackBackend, info: SessionInfo, url: str, upgrade: Tuple[Header, ...]) -> None:
+    def __init__(self, backend: CallbackBackend, info: SessionInfo, target: str, upgrade: Tuple[Header, ...]) -> None:
         self.backend = backend
         self.id = info.id
-        self.url = url
+        self.target = target
         self.log = info.log
         self.upgrade_headers = upgrade  # for the 101 only: dropped once the session starts
         self.reply: Optional[Message] = None
