@@ -459,11 +459,10 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
     n8 = 100 if quick else resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 250
     rate8 = 500.0 if quick else 1_000.0
     # S10: held connections with no process each, opened at 100/s: each
-    # connect is an HTTP request to the API (~1 ms of Pushpin's CPU, ~2 ms
-    # of wsexec's here); at 250/s both failed thousands of connects on a
-    # busy machine, wsexec most (its HTTP client's pool bogs down once
-    # requests queue). S10 measures memory, not connect rate; then 1,000 of
-    # them (20 with --quick), spread evenly, echo once.
+    # connect is an HTTP request to the API (~1 ms of Pushpin's CPU here);
+    # at 250/s Pushpin answered thousands with 502 on a busy machine. S10
+    # measures memory, not connect rate; then 1,000 of them (20 with
+    # --quick), spread evenly, echo once.
     n10, rate10, echo10 = (200, 100.0, 20) if quick else (15_000, 100.0, 1_000)
     # S9: fewer connections with --quick: its 3 s patience is a smoke test's,
     # not a measure (wsexec --callback's tail at 100 reached ~6 s here).
