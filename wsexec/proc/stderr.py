@@ -5,6 +5,11 @@ connection costs neither a task nor a trio stream for it. Lines are logged at
 ERROR with their connection's context; a line longer than PIECE bytes is
 logged in pieces. When a handler is done, what is left in its pipe is logged
 before the connection's DISCONNECT line.
+
+A line `wsexec-close CODE REASON` is also the handler's own close code
+(wsexec/proc/closing.py), kept on its pipe for when it ends. With
+--passstderr a pipe is not watched here: its far end reads it (read()) and
+takes the lines from `out` for the client, and they are logged all the same.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import select
-from typing import Dict, Union
+from typing import Dict, List, Optional, Union
 
 import trio
 
 from ..log import STDERR
+from .closing import Close, stderr_close
 
 PIECE = 4096  # bytes of one logged line at most
 READ = 16384  # bytes read from one pipe at a time
@@ -25,14 +31,16 @@ DRAIN_READS = 64  # reads when closing: a pipe holds 64 KiB unless enlarged
 
 
 class StderrPipe:
-    __slots__ = ("fd", "log", "partial", "eof", "registered")
+    __slots__ = ("fd", "log", "partial", "eof", "registered", "close_asked", "out")
 
-    def __init__(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter]) -> None:
+    def __init__(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter], watched: bool = True) -> None:
         self.fd = fd
         self.log = log
         self.partial = b""
         self.eof = False
-        self.registered = True
+        self.registered = watched
+        self.close_asked: Optional[Close] = None  # the last `wsexec-close` line's, if valid
+        self.out: Optional[List[bytes]] = None if watched else []  # --passstderr: lines for the client
 
     def read(self) -> int:
         """One read: bytes read, 0 when none were waiting or at the end."""
@@ -56,6 +64,14 @@ class StderrPipe:
         return len(data)
 
     def _emit(self, line: bytes) -> None:
+        asked = stderr_close(line)
+        if asked is not None:
+            close, problem = asked
+            if close is None:
+                self.log.error("handler asked for a close it may not choose (%s): refused", problem)
+            self.close_asked = close or self.close_asked
+        elif self.out is not None:
+            self.out.extend(line[start:start + PIECE] for start in range(0, max(len(line), 1), PIECE))
         for start in range(0, max(len(line), 1), PIECE):
             self.log.error(STDERR, line[start:start + PIECE].decode("utf-8", "backslashreplace"))
 
@@ -70,15 +86,17 @@ class StderrReader:
         self._epoll = select.epoll()
         self._pipes: Dict[int, StderrPipe] = {}
 
-    def open(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter]) -> StderrPipe:
-        """Start reading the read end of a handler's stderr pipe (now ours)."""
+    def open(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter], watched: bool = True) -> StderrPipe:
+        """Start reading the read end of a handler's stderr pipe (now ours);
+        not watched: its far end reads it (--passstderr), closed here all the same."""
         try:
             os.set_blocking(fd, False)
-            self._epoll.register(fd, select.EPOLLIN)
+            if watched:
+                self._epoll.register(fd, select.EPOLLIN)
         except OSError:
             os.close(fd)
             raise
-        pipe = self._pipes[fd] = StderrPipe(fd, log)
+        pipe = self._pipes[fd] = StderrPipe(fd, log, watched)
         return pipe
 
     def close(self, pipe: StderrPipe) -> None:
