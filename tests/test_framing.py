@@ -61,6 +61,15 @@ def test_reader_refuses(data, error, step):
         reader.finish()
 
 
+def test_records_before_a_fault_come_out_first():
+    reader = FrameReader(100)
+    assert reader.feed(b"t 2\nhi\nb 1\n\x01\nnonsense\n") == [(TEXT, b"hi"), (BINARY, b"\x01")]
+    with pytest.raises(FrameError, match="not a record header"):
+        reader.feed(b"t 2\nok\n")
+    with pytest.raises(FrameError, match="not a record header"):
+        reader.finish()
+
+
 def test_a_record_over_the_limit_fails_at_its_header_before_its_payload():
     reader = FrameReader(100)
     with pytest.raises(FrameTooBig):

@@ -35,7 +35,8 @@ def parse_close(text: bytes) -> Tuple[Optional[Close], str]:
     and bytes that are not UTF-8 become U+FFFD (a close reason is text)."""
     code_text, _, reason_bytes = text.partition(b" ")
     if not (code_text.isdigit() and len(code_text) == 4):
-        return None, f"a close code must be 4000-4999, not {code_text[:16].decode('ascii', 'replace')!r}"
+        given = code_text[:16].decode("ascii", "replace") or "none"
+        return None, f"a close code must be 4000-4999, not {given}"
     code = int(code_text)
     if not LOW <= code <= HIGH:
         return None, f"a close code must be 4000-4999, not {code}"

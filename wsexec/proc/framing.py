@@ -18,7 +18,7 @@ Pure: a reader fed bytes in pieces of any size gives whole records back.
 from __future__ import annotations
 
 import re
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 # The record types are the RFC 6455 opcodes of what they carry.
 TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
@@ -65,18 +65,32 @@ class FrameReader:
     """Bytes in, whole records out. Holds at most one record and one read:
     a record over `limit` bytes fails at its header, before its payload."""
 
-    __slots__ = ("limit", "buffer", "kind", "length")
+    __slots__ = ("limit", "buffer", "kind", "length", "failed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.buffer = bytearray()
         self.kind = 0  # 0: reading a header; else the record whose payload is awaited
         self.length = 0
+        self.failed: Optional[FrameError] = None  # raised by the next call: records before it came out first
 
     def feed(self, data: bytes) -> List[Record]:
+        """The records completed by data; FrameError once the stream is broken
+        (the records before the fault are returned first)."""
+        if self.failed is not None:
+            raise self.failed
+        records: List[Record] = []
+        try:
+            self._feed(data, records)
+        except FrameError as e:
+            if not records:
+                raise
+            self.failed = e
+        return records
+
+    def _feed(self, data: bytes, records: List[Record]) -> None:
         buffer = self.buffer
         buffer += data
-        records: List[Record] = []
         pos = 0
         while True:
             if not self.kind:
@@ -104,9 +118,10 @@ class FrameReader:
             pos = stop + 1
         if pos:
             del buffer[:pos]
-        return records
 
     def finish(self) -> None:
         """The output ended: FrameError if it ended inside a record."""
+        if self.failed is not None:
+            raise self.failed
         if self.kind or self.buffer:
             raise FrameError("the output ended inside a record")

@@ -64,6 +64,9 @@ class StderrPipe:
         return len(data)
 
     def _emit(self, line: bytes) -> None:
+        pieces = [line[start:start + PIECE] for start in range(0, max(len(line), 1), PIECE)]
+        for piece in pieces:
+            self.log.error(STDERR, piece.decode("utf-8", "backslashreplace"))
         asked = stderr_close(line)
         if asked is not None:
             close, problem = asked
@@ -71,9 +74,7 @@ class StderrPipe:
                 self.log.error("handler asked for a close it may not choose (%s): refused", problem)
             self.close_asked = close or self.close_asked
         elif self.out is not None:
-            self.out.extend(line[start:start + PIECE] for start in range(0, max(len(line), 1), PIECE))
-        for start in range(0, max(len(line), 1), PIECE):
-            self.log.error(STDERR, line[start:start + PIECE].decode("utf-8", "backslashreplace"))
+            self.out.extend(pieces)
 
     def finish(self) -> None:
         if self.partial:
