@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from support.clients import collect
 from support.servers import PY, ROOT, WsexecProcess, drain_output, make_config, script, serving
 from support.waiting import trio_test, wait_for
 
@@ -41,20 +42,6 @@ async def exchange(url: str, send: List[object], expect: int, timeout: float = 1
     raise AssertionError("unreachable")
 
 
-async def closed_with(url: str, send: List[object] = (), timeout: float = 10) -> Tuple[List[object], int, str]:
-    got: List[object] = []
-    with trio.fail_after(timeout):
-        async with open_websocket_url(url) as ws:
-            for message in send:
-                await ws.send_message(message)
-            try:
-                while True:
-                    got.append(await ws.get_message())
-            except ConnectionClosed as e:
-                return got, e.reason.code, e.reason.reason or ""
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="module")
 def c_echo(tmp_path_factory) -> Path:
     binary = tmp_path_factory.mktemp("c") / "echo"
@@ -75,7 +62,7 @@ async def test_the_example_echo_handlers_return_every_message_as_it_came(handler
 @trio_test(30)
 async def test_the_sh_helper_upper_handler(tmp_path):
     async with serving(make_config(EXAMPLES / "upper.sh", framed=True)) as (state, url):
-        got, code, reason = await closed_with(url + "/", ["abc\ndef\n", "x\n\n", "a\nb", b"\x00" * 10, "bye"])
+        got, code, reason = await collect(url + "/", ["abc\ndef\n", "x\n\n", "a\nb", b"\x00" * 10, "bye"])
     assert got == ["ABC\nDEF\n", "X\n\n", "A\nB", "a binary message of 10 bytes"]
     assert (code, reason) == (4000, "goodbye")
 
@@ -93,7 +80,7 @@ async def test_a_close_record_ends_the_output_and_closes_at_once(tmp_path):
     handler = script(tmp_path, "closer.sh", CLOSE_RECORD, "/bin/sh")
     async with serving(make_config(handler, framed=True)) as (state, url):
         started = trio.current_time()
-        got, code, reason = await closed_with(url + "/")
+        got, code, reason = await collect(url + "/")
         took = trio.current_time() - started
     assert got == ["before"]
     assert (code, reason) == (4001, "no such room: \u00e9")
@@ -104,7 +91,7 @@ def run_logged(args: List[str], handler: Path, send: List[object] = ()) -> Tuple
     """A real wsexec process; (messages, code, reason, its log)."""
     with WsexecProcess("--loglevel", "access", *args, str(handler)) as server:
         log = drain_output(server)
-        got, code, reason = trio.run(closed_with, f"ws://127.0.0.1:{server.port}/", send)
+        got, code, reason = trio.run(collect, f"ws://127.0.0.1:{server.port}/", send)
         wait_for(lambda: b"DISCONNECT" in log(), 5, "the DISCONNECT line")
     return got, code, reason, log().decode(errors="replace")
 
