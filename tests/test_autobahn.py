@@ -3,10 +3,12 @@ case files against `python -m wsexec` running an echo handler.
 
 Framed mode (--framed) keeps every message's boundary and type both ways, so
 an echo handler returns every case of 1-10 byte for byte: the whole of 1.*-10.*
-runs with no exclusion, once with the shipped Python echo (9.* sends messages
-of up to 16 MiB, hence --maxmessage 16M) and once with the shipped sh echo
-(`read` and `head -c`, a process per message: the cases but 9.*, whose
-thousands of messages would only measure forks).
+runs with no exclusion, once with the shipped C echo (9.* sends messages of
+up to 16 MiB, hence --maxmessage 16M; C because a handler starts for every
+case, and a Python one starting slowly on a busy machine made cases time out)
+and once with the shipped sh echo (`read` and `head -c`, a process per
+message: the cases but 9.*, whose thousands of messages would only measure
+forks).
 
 Text mode with `cat` is checked on the cases a line can carry: wsexec writes
 message + "\n" and sends every stdout line back as one message, so `cat`
@@ -72,9 +74,11 @@ def test_text_mode_cases_1_to_7_and_10(tmp_path: Path) -> None:
     assert {"1.1.1", "2.1", "3.1", "4.1.1", "5.1", "6.1.1", "7.1.1", "10.1.1"} <= set(verdicts)
 
 
-def test_framed_python_echo_passes_every_case_of_1_to_10(tmp_path: Path) -> None:
+def test_framed_c_echo_passes_every_case_of_1_to_10(tmp_path: Path) -> None:
+    echo = tmp_path / "echo"
+    subprocess.run(["cc", "-O2", "-o", str(echo), str(EXAMPLES / "echo.c")], check=True, timeout=60)
     started = time.monotonic()
-    with WsexecProcess("--loglevel", "error", "--framed", "--maxmessage", "16M", str(EXAMPLES / "echo.py")) as server:
+    with WsexecProcess("--loglevel", "error", "--framed", "--maxmessage", "16M", str(echo)) as server:
         tail = drain_output(server)
         verdicts = run_kosoku(server.port, tmp_path / "report", include=ALL_BUT_9 + ["9.*"], exclude=[], timeout=300)
         assert server.proc.poll() is None, "wsexec died during the run"
