@@ -15,7 +15,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from support.clients import collect
 from support.servers import PY, ROOT, WsexecProcess, drain_output, make_config, script, serving
-from support.waiting import trio_test, wait_for
+from support.procfs import descendants, fd_count
+from support.waiting import trio_test, wait_for, wait_until
 
 EXAMPLES = ROOT / "examples" / "framed"
 
@@ -161,3 +162,43 @@ def test_framed_with_a_mode_it_cannot_combine_with_exits_4(args, words):
     assert result.returncode == 4, result.stderr
     for word in words:
         assert word.encode() in result.stderr
+
+
+def descriptors_for_10_connections(handler: Path, mode: List[str]) -> int:
+    with WsexecProcess("--loglevel", "error", *mode, str(handler)) as server:
+        drain_output(server)
+        pid = server.proc.pid
+
+        async def hold() -> int:
+            before = fd_count(pid)
+            with trio.fail_after(20):
+                async with trio.open_nursery() as nursery:
+                    opened = trio.Semaphore(0)
+                    release = trio.Event()
+
+                    async def one() -> None:
+                        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/"):
+                            opened.release()
+                            await release.wait()
+
+                    for _ in range(10):
+                        nursery.start_soon(one)
+                    for _ in range(10):
+                        await opened.acquire()
+                    await wait_until(lambda: len(descendants(pid)) >= 10, 10, "10 handlers")
+                    used = fd_count(pid) - before
+                    release.set()
+            return used
+
+        return trio.run(hold)
+
+
+def test_no_mode_costs_a_descriptor_more_per_connection(tmp_path):
+    # the benchmark holds 4,500 connections at 4 descriptors each (with the
+    # client's) under a 20,000 limit: framing, stderr to the client and the
+    # handler's own close live in the descriptors every connection has
+    handler = script(tmp_path, "wait.sh", "read -r line\n", "/bin/sh")
+    used = {" ".join(mode): descriptors_for_10_connections(handler, mode)
+            for mode in ([], ["--framed"], ["--passstderr"])}
+    assert len(set(used.values())) == 1, used
+    assert used[""] < 35, used  # 3 a connection (its socket, the handler's socket, the stderr pipe), and a few once
