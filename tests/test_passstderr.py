@@ -137,3 +137,18 @@ def test_passstderr_with_shared_exits_4():
     result = subprocess.run([PY, "-m", "wsexec", "--port", "0", "--shared", "--passstderr", "cat"], cwd=ROOT,
                             capture_output=True, timeout=20)
     assert result.returncode == 4 and b"--shared" in result.stderr, result.stderr
+
+
+@trio_test(20)
+async def test_stderr_alone_wakes_the_output_while_stdout_is_quiet(tmp_path):
+    # the far end waits on stdout; a stderr line must still go out at once
+    handler = script(tmp_path, "slow.sh", "sleep 0.3\necho a >&2\nsleep 0.3\necho b >&2\nread -r x\necho \"$x\"\n",
+                     "/bin/sh")
+    async with serving(make_config(handler, passstderr=True)) as (state, url):
+        with trio.fail_after(10):
+            async with open_websocket_url(url + "/") as ws:
+                first = [json.loads(await ws.get_message()), json.loads(await ws.get_message())]
+                await ws.send_message("after")
+                last = json.loads(await ws.get_message())
+    assert first == [{"stream": "stderr", "data": "a"}, {"stream": "stderr", "data": "b"}]
+    assert last == {"stream": "stdout", "data": "after"}

@@ -115,7 +115,8 @@ class ProcessFarEnd:
             raise CannotStart(self.not_started) from None
         self.label = str(self.child.pid)
         if self.config.passstderr:
-            self.streams = StreamsReader(self.child.io, self.child.stderr, self.config.maxmessage, self.read_size)
+            self.streams = StreamsReader(self.child.io, self.child.stderr, self.handlers.stderr,
+                                         self.config.maxmessage, self.read_size)
         self.info = info._replace(env={})  # held for the whole session: keep no copy of the environment
 
     async def deliver(self, messages: Sequence[Message]) -> bool:

@@ -20,7 +20,7 @@ import trio
 
 from ..net.streams import Socket
 from .lines import LineSplitter
-from .stderr import StderrPipe
+from .stderr import StderrPipe, StderrReader
 
 TEXT = 0x1  # the RFC 6455 opcode
 Message = Tuple[int, bytes]
@@ -54,27 +54,17 @@ def stream_message(stream: str, line: bytes) -> bytes:
     return b'{"stream":"%s","data":%s}' % (stream.encode(), json_string(line))
 
 
-async def wait_readable_either(first: object, second: object) -> None:
-    """Until one of two descriptors (or sockets) has something to read."""
-    async with trio.open_nursery() as nursery:
-        async def wait(fd: object) -> None:
-            await trio.lowlevel.wait_readable(fd)  # type: ignore[arg-type]
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(wait, first)
-        nursery.start_soon(wait, second)
-
-
 class StreamsReader:
     """One handler's stdout lines and stderr lines, as JSON messages, in the
     order they are read. stderr is read only when the client takes output
     (it is output now), and each stderr line is logged as without the flag."""
 
-    __slots__ = ("io", "pipe", "splitter", "size", "stdout_done")
+    __slots__ = ("io", "pipe", "reader", "splitter", "size", "stdout_done")
 
-    def __init__(self, io: Socket, pipe: StderrPipe, max_line: int, size: int) -> None:
+    def __init__(self, io: Socket, pipe: StderrPipe, reader: StderrReader, max_line: int, size: int) -> None:
         self.io = io
         self.pipe = pipe
+        self.reader = reader  # wakes a wait when the pipe has something (wsexec/proc/stderr.py)
         self.splitter = LineSplitter(max_line)
         self.size = size
         self.stdout_done = False
@@ -109,9 +99,11 @@ class StreamsReader:
                 return messages
             if self.stdout_done and pipe.eof:
                 return None
-            if self.stdout_done:
-                await trio.lowlevel.wait_readable(pipe.fd)
-            elif pipe.eof:
-                await trio.lowlevel.wait_readable(self.io.sock)
-            else:
-                await wait_readable_either(self.io.sock, pipe.fd)
+            with trio.CancelScope() as waiting:
+                if not pipe.eof:
+                    self.reader.arm(pipe, waiting)
+                if self.stdout_done:
+                    await trio.sleep_forever()
+                else:
+                    await trio.lowlevel.wait_readable(self.io.sock)
+            pipe.waiter = None

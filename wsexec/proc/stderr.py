@@ -7,9 +7,13 @@ logged in pieces. When a handler is done, what is left in its pipe is logged
 before the connection's DISCONNECT line.
 
 A line `wsexec-close CODE REASON` is also the handler's own close code
-(wsexec/proc/closing.py), kept on its pipe for when it ends. With
---passstderr a pipe is not watched here: its far end reads it (read()) and
-takes the lines from `out` for the client, and they are logged all the same.
+(wsexec/proc/closing.py), kept on its pipe for when it ends.
+
+With --passstderr a pipe is not read here: its far end reads it (read()) and
+takes the lines from `out` for the client (they are logged all the same).
+The far end waits on its stdout socket only; its stderr pipe stays in this
+epoll set, armed once per wait (EPOLLONESHOT), and data there cancels the
+wait: no task, nursery or descriptor per connection for it.
 """
 
 from __future__ import annotations
@@ -31,16 +35,17 @@ DRAIN_READS = 64  # reads when closing: a pipe holds 64 KiB unless enlarged
 
 
 class StderrPipe:
-    __slots__ = ("fd", "log", "partial", "eof", "registered", "close_asked", "out")
+    __slots__ = ("fd", "log", "partial", "eof", "registered", "close_asked", "out", "waiter")
 
     def __init__(self, fd: int, log: Union[logging.Logger, logging.LoggerAdapter], watched: bool = True) -> None:
         self.fd = fd
         self.log = log
         self.partial = b""
         self.eof = False
-        self.registered = watched
+        self.registered = True
         self.close_asked: Optional[Close] = None  # the last `wsexec-close` line's, if valid
         self.out: Optional[List[bytes]] = None if watched else []  # --passstderr: lines for the client
+        self.waiter: Optional[trio.CancelScope] = None  # --passstderr: its far end's wait, while armed
 
     def read(self) -> int:
         """One read: bytes read, 0 when none were waiting or at the end."""
@@ -92,8 +97,8 @@ class StderrReader:
         not watched: its far end reads it (--passstderr), closed here all the same."""
         try:
             os.set_blocking(fd, False)
-            if watched:
-                self._epoll.register(fd, select.EPOLLIN)
+            # not watched: in the set, disarmed until its far end waits (arm())
+            self._epoll.register(fd, select.EPOLLIN if watched else select.EPOLLONESHOT)
         except OSError:
             os.close(fd)
             raise
@@ -113,6 +118,11 @@ class StderrReader:
             self._epoll.unregister(pipe.fd)
         os.close(pipe.fd)
 
+    def arm(self, pipe: StderrPipe, waiter: trio.CancelScope) -> None:
+        """--passstderr: cancel waiter once the pipe has something to read (or ends)."""
+        pipe.waiter = waiter
+        self._epoll.modify(pipe.fd, select.EPOLLIN | select.EPOLLONESHOT)
+
     async def run(self) -> None:
         epoll, pipes = self._epoll, self._pipes
         while True:
@@ -121,6 +131,11 @@ class StderrReader:
             for fd, _ in epoll.poll(0):
                 pipe = pipes.get(fd)
                 if pipe is None:
+                    continue
+                if pipe.out is not None:  # its far end reads it: wake it (the event disarmed the pipe)
+                    if pipe.waiter is not None:
+                        pipe.waiter.cancel()
+                        pipe.waiter = None
                     continue
                 if budget <= 0:
                     break
