@@ -8,6 +8,8 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsexec.backends.process import process_outcome
 from wsexec.proc.closing import parse_close, stderr_close
@@ -186,3 +188,19 @@ def test_stream_message_keys_in_websocketd_order():
     assert stream_message("stdout", b"hi") == b'{"stream":"stdout","data":"hi"}'
     assert stream_message("stderr", b"<x>") == b'{"stream":"stderr","data":"\\u003cx\\u003e"}'
     assert json.loads(stream_message("stderr", b"\xff")) == {"stream": "stderr", "data": "\ufffd"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([TEXT, BINARY]), st.binary(max_size=300)), max_size=8),
+       st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20))
+def test_any_messages_in_any_pieces_come_back_whole(messages, cuts):
+    messages = [(kind, payload.decode("utf-8", "replace").encode() if kind == TEXT else payload)
+                for kind, payload in messages]
+    data = frames(messages) if messages else b""
+    reader, records, pos, i = FrameReader(1 << 16), [], 0, 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        records += reader.feed(data[pos:pos + step])
+        pos, i = pos + step, i + 1
+    reader.finish()
+    assert records == messages
