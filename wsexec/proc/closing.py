@@ -9,7 +9,8 @@ A handler asks in one of two ways, both read by the pure functions here:
                            line it printed before still reaches the client
     framed mode            a record  c LENGTH\\nCODE REASON\\n  on stdout
                            (wsexec/proc/framing.py): the output ends there
-                           and the connection closes at once
+                           and the connection closes without waiting for
+                           the handler to exit (it is stopped on the ladder)
 
 Why stderr and not an exit-status convention: an exit status has no room
 for a reason, and existing handlers already exit with every status, so any
