@@ -130,6 +130,8 @@ def test_reply_message(content_type, body, kind):
     (dict(callback="http://api/", dir="/tmp"), EXIT_BAD_COMBINATION, "--dir"),
     (dict(callback="http://api/", shared=True), EXIT_BAD_COMBINATION, "--shared"),
     (dict(callback="http://api/", binary=True), EXIT_BAD_COMBINATION, "--binary"),
+    (dict(callback="http://api/", framed=True), EXIT_BAD_COMBINATION, "--framed"),
+    (dict(callback="http://api/", passstderr=True), EXIT_BAD_COMBINATION, "--passstderr"),
     (dict(callback="http://api/", maxforks=3), EXIT_BAD_COMBINATION, "--maxforks"),
     (dict(callback="http://api/", closems=3), EXIT_BAD_COMBINATION, "--closems"),
     (dict(callback="http://api/", cwd="/tmp"), EXIT_BAD_COMBINATION, "--cwd"),

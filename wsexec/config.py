@@ -51,6 +51,8 @@ class Config:
     port_defaulted: bool = False
     addresses: Tuple[str, ...] = ()  # empty: every interface, IPv4 and IPv6
     binary: bool = False
+    framed: bool = False  # a record per message both ways (wsexec/proc/framing.py)
+    passstderr: bool = False  # stdout and stderr lines to the client as JSON (websocketd's --passstderr)
     maxforks: int = 0  # 0: unlimited
     closems: int = 0
     passenv: Tuple[str, ...] = ("PATH", "LD_LIBRARY_PATH")
@@ -267,6 +269,7 @@ def validate(config: Config) -> Config:
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
+    validate_modes(config)
     validate_callback(config)
     return config
 
@@ -299,6 +302,7 @@ def validate_callback(config: Config) -> None:
     given = [name for name, on in (
         ("COMMAND", config.command), ("--dir", config.dir), ("--shared", config.shared),
         ("--binary", config.binary), ("--tagged", config.tagged), ("--topics", config.topics),
+        ("--framed", config.framed), ("--passstderr", config.passstderr),
     ) if on]
     if not config.cgidir:
         given += [name for name, on in (
@@ -307,6 +311,21 @@ def validate_callback(config: Config) -> None:
         ) if on]
     if given:
         raise ConfigError(f"--callback sends connections to an HTTP API, no process: not with {', '.join(given)}",
+                          EXIT_BAD_COMBINATION)
+
+
+def validate_modes(config: Config) -> None:
+    """--binary, --framed and --passstderr each say what stdout is: one at a time."""
+    if config.binary and config.passstderr:
+        # websocketd refuses it too: binary reads cannot be wrapped as JSON text
+        raise ConfigError("please give only one of --binary and --passstderr: binary output cannot be "
+                          "wrapped in JSON lines", EXIT_BAD_COMBINATION)
+    if config.framed and (config.binary or config.passstderr):
+        raise ConfigError("--framed carries text and binary messages itself: not with --binary or --passstderr",
+                          EXIT_BAD_COMBINATION)
+    if config.shared and (config.framed or config.passstderr):
+        raise ConfigError("--framed and --passstderr are per connection: not with --shared (a shared "
+                          "process's records and stderr could not say which client they are for)",
                           EXIT_BAD_COMBINATION)
 
 

@@ -124,10 +124,11 @@ class Handlers:
 
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log: Union[logging.Logger, logging.LoggerAdapter],
-        on_exit: Optional[Callable[[], None]] = None,
+        on_exit: Optional[Callable[[], None]] = None, watch_stderr: bool = True,
     ) -> Child:
         """Start a handler (wsexec/proc/spawn.py); OSError if it cannot start.
-        Its stderr lines go to log; on_exit is called when it has been reaped."""
+        Its stderr lines go to log (read by the StderrReader, or with
+        watch_stderr=False by its far end); on_exit is called when it has been reaped."""
         ours, theirs = socket.socketpair()
         try:
             err_read, err_write = os.pipe()
@@ -136,7 +137,7 @@ class Handlers:
             theirs.close()
             raise
         try:
-            stderr = self.stderr.open(err_read, log)  # closes err_read if it fails
+            stderr = self.stderr.open(err_read, log, watch_stderr)  # closes err_read if it fails
         except OSError:
             ours.close()
             theirs.close()
