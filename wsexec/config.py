@@ -14,6 +14,7 @@ from .log import FORMATS as LOG_FORMATS
 from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
+from .proc.launch import parse_limits, wrapper
 from .proc.shebang import script_problem
 
 # Exit codes, as websocketd documents them.
@@ -93,6 +94,13 @@ class Config:
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
     reuseport: bool = False  # SO_REUSEPORT: several wsexec processes on one address and port
     cwd: Optional[str] = None  # handlers' working directory: a directory, or "script" (each one's own)
+    # Handler controls (wsexec/proc/terminal.py, launch.py).
+    pty: bool = False  # stdin and stdout a raw pseudo-terminal
+    user: Optional[str] = None  # --user, --group: names or ids as given...
+    group: Optional[str] = None
+    rlimits: Tuple[str, ...] = ()  # --rlimit NAME=VALUE as given
+    run_as: Tuple[Optional[int], Optional[int]] = (None, None)  # ...as uid and gid, set by load()
+    launcher: Tuple[str, ...] = ()  # the exec wrappers before every handler's argv, set by load()
     # --shared (wsexec/backends/shared.py): one process for many clients.
     shared: bool = False
     tagged: bool = False
@@ -260,6 +268,12 @@ def validate(config: Config) -> Config:
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
+    try:
+        parse_limits(config.rlimits)
+    except ValueError as e:
+        raise ConfigError(str(e), EXIT_BAD_COMBINATION) from None
+    if config.pty and config.shared:
+        raise ConfigError("--pty gives each connection's handler a terminal: not with --shared", EXIT_BAD_COMBINATION)
     return config
 
 
@@ -306,6 +320,59 @@ def check_log_file(path: str) -> str:
     return absolute
 
 
+WRAPPER_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+def _identity(kind: str, name: str) -> int:
+    """A user's uid or a group's gid, by name or number; ConfigError if unknown."""
+    import grp
+    import pwd
+
+    try:
+        if name.isdigit():
+            return int(name)
+        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"--{kind} {name}: no such {kind}", EXIT_BAD_COMBINATION) from None
+
+
+def load_launcher(config: Config) -> dict:
+    """--user, --group, --rlimit: ids resolved, the limits checked against
+    what wsexec may grant, the wrappers found (wsexec/proc/launch.py)."""
+    if not (config.user or config.group or config.rlimits):
+        return {}
+    import resource
+
+    root = os.geteuid() == 0
+    if (config.user or config.group) and not root:
+        raise ConfigError(f"--user and --group need wsexec to run as root (it runs as uid {os.geteuid()})",
+                          EXIT_BAD_COMBINATION)
+    uid = _identity("user", config.user) if config.user else None
+    gid = _identity("group", config.group) if config.group else None
+    if config.user and gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid  # type: ignore[arg-type]
+        except KeyError:
+            raise ConfigError(f"--user {config.user}: no such user (give --group too)", EXIT_BAD_COMBINATION) from None
+    limits = parse_limits(config.rlimits)
+    for limit in limits:
+        own = resource.getrlimit(getattr(resource, f"RLIMIT_{limit.name.upper()}"))[1]
+        if not root and own != resource.RLIM_INFINITY and (limit.hard == -1 or limit.hard > own):
+            raise ConfigError(f"--rlimit {limit.name}: wsexec (not root) cannot raise the hard limit above its own, "
+                              f"{own}", EXIT_BAD_COMBINATION)
+    tools = {}
+    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):
+        if needed:
+            found = shutil.which(tool, path=WRAPPER_PATH)
+            if found is None:
+                raise ConfigError(f"{tool} (util-linux) not found in {WRAPPER_PATH}: needed by --user, --group or "
+                                  f"--rlimit", EXIT_BAD_COMMAND)
+            tools[tool] = found
+    return {"run_as": (uid, gid), "launcher": wrapper(limits, uid, gid, **tools)}
+
+
 def load(config: Config) -> Config:
     """validate(), then what needs the file system: the handler found and
     executable (and its #! line, if any, naming an interpreter that is), the
@@ -334,6 +401,7 @@ def load(config: Config) -> Config:
         if not os.path.isdir(root):
             raise ConfigError(f"--cwd is not a directory: {config.cwd}", EXIT_BAD_COMMAND)
         resolved["cwd"] = root
+    resolved.update(load_launcher(config))
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
         problem = script_problem(program)

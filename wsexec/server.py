@@ -48,7 +48,8 @@ class Server:
     def __init__(self, config: Config, control_url: str = "") -> None:
         self.config = config
         self.stats = Stats()
-        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd)
+        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd, launcher=config.launcher,
+                                 owner=config.run_as)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served

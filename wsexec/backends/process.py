@@ -19,6 +19,7 @@ from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.lines import LineSplitter, LineTooLong
 from ..proc.shebang import spawn_failure
+from ..proc.terminal import Terminal
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
 from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 
@@ -62,12 +63,20 @@ class ProcessBackend:
         # upgrades cannot run more than --maxforks handlers.
         if not self.handlers.slots.take():
             raise Refused(429, "too many connections, try again later", (("Retry-After", "1"),))
-        return ProcessFarEnd(self.config, self.handlers, info)
+        far = ProcessFarEnd(self.config, self.handlers, info)
+        if self.config.pty:
+            try:
+                far.terminal = self.handlers.open_terminal()
+            except OSError as e:  # out of terminals or descriptors: refused, not a hang
+                self.handlers.slots.give_back()
+                info.log.error("no pseudo-terminal for the handler (--pty): %s", e.strerror)
+                raise Refused(503, "no terminal left for the handler, try again later", (("Retry-After", "1"),))
+        return far
 
 
 class ProcessFarEnd:
     __slots__ = ("config", "handlers", "info", "label", "child", "splitter", "read_size", "output_ended",
-                 "too_long", "not_started", "outcome")
+                 "too_long", "not_started", "outcome", "terminal")
 
     def __init__(self, config: Config, handlers: Handlers, info: SessionInfo) -> None:
         self.config = config
@@ -81,6 +90,7 @@ class ProcessFarEnd:
         self.too_long = ""
         self.not_started = ""
         self.outcome: Optional[Outcome] = None
+        self.terminal: Optional[Terminal] = None  # --pty: taken in connect(), the child's once started
 
     @property
     def finished(self) -> bool:
@@ -90,7 +100,8 @@ class ProcessFarEnd:
         info = self.info
         argv = (info.route.program,) + tuple(self.config.command[1:])
         try:
-            self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish)
+            terminal, self.terminal = self.terminal, None  # spawn() owns it now, even if it fails
+            self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish, terminal)
         except OSError as e:
             # On failure only: a missing #! interpreter is named, not just ENOENT.
             self.not_started = f"cannot start handler: {spawn_failure(info.route.program, e)}"
@@ -147,6 +158,8 @@ class ProcessFarEnd:
         finally:
             if child is not None:
                 await self.handlers.dispose(child)  # shielded: also when cancelled
+            if self.terminal is not None:  # never started
+                self.terminal.close()
             self.handlers.slots.give_back()
             self.outcome = process_outcome(child.status if child else None, self.too_long,
                                            self.not_started or ("" if child else "not started"))

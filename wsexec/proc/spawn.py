@@ -33,15 +33,15 @@ RESET_SIGNALS = (
     signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT,
 )
 
-# <spawn.h> flags, the same in glibc and musl.
-_SETPGROUP, _SETSIGDEF, _SETSIGMASK = 0x02, 0x04, 0x08
+# <spawn.h> flags, the same in glibc (SETSID: 2.26 and later) and musl.
+_SETPGROUP, _SETSIGDEF, _SETSIGMASK, _SETSID = 0x02, 0x04, 0x08, 0x80
 # Opaque C types, sized generously (glibc: 80, 336 and 128 bytes).
 _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                  cwd: Optional[str] = None) -> int:
+                  cwd: Optional[str] = None, terminal: Optional[str] = None) -> int:
     if cwd is not None:  # os.posix_spawn has no chdir action
         raise OSError(errno.ENOSYS, "--cwd needs the C library's posix_spawn_file_actions_addchdir_np")
     return os.posix_spawn(
@@ -49,14 +49,22 @@ def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stder
         list(argv),
         env,
         file_actions=[
-            (os.POSIX_SPAWN_DUP2, stdio, 0),
-            (os.POSIX_SPAWN_DUP2, stdio, 1),
+            *_stdio_actions(stdio, terminal),
             (os.POSIX_SPAWN_DUP2, stderr, 2),
         ],
-        setpgroup=0,
+        setsid=terminal is not None,
+        setpgroup=None if terminal is not None else 0,
         setsigdef=RESET_SIGNALS,
         setsigmask=(),
     )
+
+
+def _stdio_actions(stdio: int, terminal: Optional[str]) -> list:
+    """stdin and stdout: one socket; or with --pty the terminal, opened by
+    path after setsid so that it becomes the controlling terminal."""
+    if terminal is None:
+        return [(os.POSIX_SPAWN_DUP2, stdio, 0), (os.POSIX_SPAWN_DUP2, stdio, 1)]
+    return [(os.POSIX_SPAWN_OPEN, 0, terminal, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1)]
 
 
 def _strings(items: Sequence[str]) -> ctypes.Array:
@@ -78,24 +86,32 @@ class _Libc:
         self.libc = ctypes.CDLL(path, use_errno=True)
         self.quick = quick = ctypes.PyDLL(path, use_errno=True)
         self.libc.posix_spawn.restype = ctypes.c_int
-        for name in ("posix_spawn_file_actions_init", "posix_spawn_file_actions_adddup2",
+        for name in ("posix_spawn_file_actions_init", "posix_spawn_file_actions_adddup2", "posix_spawn_file_actions_addopen",
                      "posix_spawn_file_actions_destroy", "posix_spawnattr_init", "posix_spawnattr_setflags",
                      "posix_spawnattr_setpgroup", "posix_spawnattr_setsigdefault", "posix_spawnattr_setsigmask",
                      "sigemptyset", "sigaddset"):
             getattr(quick, name).restype = ctypes.c_int
         quick.write.restype = ctypes.c_ssize_t
-        self.attr = ctypes.create_string_buffer(_ATTR_SIZE)
         default = ctypes.create_string_buffer(_SIGSET_SIZE)
         empty = ctypes.create_string_buffer(_SIGSET_SIZE)
-        self._check(quick.posix_spawnattr_init(self.attr))
         self._check(quick.sigemptyset(default))
         for signum in RESET_SIGNALS:
             self._check(quick.sigaddset(default, int(signum)))
         self._check(quick.sigemptyset(empty))
-        self._check(quick.posix_spawnattr_setsigdefault(self.attr, default))
-        self._check(quick.posix_spawnattr_setsigmask(self.attr, empty))
-        self._check(quick.posix_spawnattr_setpgroup(self.attr, 0))
-        self._check(quick.posix_spawnattr_setflags(self.attr, ctypes.c_short(_SETPGROUP | _SETSIGDEF | _SETSIGMASK)))
+        # A handler leads its own process group; with --pty, its own session
+        # (and so its own group), where its terminal can be the controlling one.
+        self.attr = self._attributes(default, empty, _SETPGROUP)
+        self.attr_session = self._attributes(default, empty, _SETSID)
+
+    def _attributes(self, default: ctypes.Array, empty: ctypes.Array, flag: int) -> ctypes.Array:
+        quick = self.quick
+        attr = ctypes.create_string_buffer(_ATTR_SIZE)
+        self._check(quick.posix_spawnattr_init(attr))
+        self._check(quick.posix_spawnattr_setsigdefault(attr, default))
+        self._check(quick.posix_spawnattr_setsigmask(attr, empty))
+        self._check(quick.posix_spawnattr_setpgroup(attr, 0))
+        self._check(quick.posix_spawnattr_setflags(attr, ctypes.c_short(flag | _SETSIGDEF | _SETSIGMASK)))
+        return attr
 
     @staticmethod
     def _check(result: int) -> None:
@@ -103,7 +119,7 @@ class _Libc:
             raise OSError(result, os.strerror(result))
 
     def prepare(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                cwd: Optional[str] = None) -> "_Request":
+                cwd: Optional[str] = None, terminal: Optional[str] = None) -> "_Request":
         """Everything the C call needs, built on the loop's thread."""
         if "=" in "".join(env) or "" in env:
             raise ValueError("illegal environment variable name")
@@ -113,7 +129,11 @@ class _Libc:
         quick = self.quick
         self._check(quick.posix_spawn_file_actions_init(actions))
         try:
-            for fd, target in ((stdio, 0), (stdio, 1), (stderr, 2)):
+            if terminal is None:
+                self._check(quick.posix_spawn_file_actions_adddup2(actions, stdio, 0))
+            else:  # --pty: opened after setsid, so it becomes the controlling terminal
+                self._check(quick.posix_spawn_file_actions_addopen(actions, 0, os.fsencode(terminal), os.O_RDWR, 0))
+            for fd, target in ((0 if terminal is not None else stdio, 1), (stderr, 2)):
                 self._check(quick.posix_spawn_file_actions_adddup2(actions, fd, target))
             if cwd is not None:  # --cwd: glibc 2.29 and later
                 addchdir = getattr(quick, "posix_spawn_file_actions_addchdir_np", None)
@@ -124,14 +144,14 @@ class _Libc:
         except OSError:
             quick.posix_spawn_file_actions_destroy(actions)
             raise
-        return _Request(args[0], actions, args, envp)
+        return _Request(args[0], actions, args, envp, self.attr if terminal is None else self.attr_session)
 
     def spawn(self, request: "_Request") -> int:
         """The blocking part, run on the spawner thread; the GIL is released
         for the whole call. Returns the pid, or raises OSError."""
         pid = ctypes.c_int(0)
         try:
-            result = self.libc.posix_spawn(ctypes.byref(pid), request.path, request.actions, self.attr,
+            result = self.libc.posix_spawn(ctypes.byref(pid), request.path, request.actions, request.attr,
                                            request.argv, request.envp)
         finally:
             self.quick.posix_spawn_file_actions_destroy(request.actions)
@@ -141,10 +161,11 @@ class _Libc:
 
 
 class _Request:
-    __slots__ = ("path", "actions", "argv", "envp", "task", "result", "error")
+    __slots__ = ("path", "actions", "argv", "envp", "attr", "task", "result", "error")
 
-    def __init__(self, path: bytes, actions: ctypes.Array, argv: ctypes.Array, envp: ctypes.Array) -> None:
-        self.path, self.actions, self.argv, self.envp = path, actions, argv, envp
+    def __init__(self, path: bytes, actions: ctypes.Array, argv: ctypes.Array, envp: ctypes.Array,
+                 attr: ctypes.Array) -> None:
+        self.path, self.actions, self.argv, self.envp, self.attr = path, actions, argv, envp, attr
         self.task: Optional[trio.lowlevel.Task] = None  # the connection waiting for it
         self.result = 0
         self.error: Optional[BaseException] = None
@@ -211,11 +232,13 @@ class Spawner:
             return  # close()
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                    cwd: Optional[str] = None) -> int:
+                    cwd: Optional[str] = None, terminal: Optional[str] = None) -> int:
+        """stdio is the handler's stdin and stdout, unless terminal (a path,
+        --pty) is given: then that is, and the handler leads a new session."""
         libc = self._libc
         if libc is None:
-            return _inline_spawn(argv, env, stdio, stderr, cwd)
-        request = libc.prepare(argv, env, stdio, stderr, cwd)
+            return _inline_spawn(argv, env, stdio, stderr, cwd, terminal)
+        request = libc.prepare(argv, env, stdio, stderr, cwd, terminal)
         if self._thread is None:
             self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             trio.lowlevel.spawn_system_task(self._deliver, self._pipe[0], name="wsexec-spawner-results")
