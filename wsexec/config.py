@@ -336,6 +336,15 @@ def _identity(kind: str, name: str) -> int:
         raise ConfigError(f"--{kind} {name}: no such {kind}", EXIT_BAD_COMBINATION) from None
 
 
+def nr_open() -> Optional[int]:
+    """The kernel's ceiling for a descriptor limit, if it says."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def load_launcher(config: Config) -> dict:
     """--user, --group, --rlimit: ids resolved, the limits checked against
     what wsexec may grant, the wrappers found (wsexec/proc/launch.py)."""
@@ -362,6 +371,10 @@ def load_launcher(config: Config) -> dict:
         if not root and own != resource.RLIM_INFINITY and (limit.hard == -1 or limit.hard > own):
             raise ConfigError(f"--rlimit {limit.name}: wsexec (not root) cannot raise the hard limit above its own, "
                               f"{own}", EXIT_BAD_COMBINATION)
+        if limit.name == "nofile":
+            ceiling = nr_open()
+            if ceiling is not None and (limit.hard == -1 or limit.hard > ceiling):
+                raise ConfigError(f"--rlimit nofile: at most {ceiling} (/proc/sys/fs/nr_open)", EXIT_BAD_COMBINATION)
     tools = {}
     for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):
         if needed:
