@@ -44,6 +44,8 @@ def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stder
                   cwd: Optional[str] = None, terminal: Optional[str] = None) -> int:
     if cwd is not None:  # os.posix_spawn has no chdir action
         raise OSError(errno.ENOSYS, "--cwd needs the C library's posix_spawn_file_actions_addchdir_np")
+    # A new session (--pty) makes the handler its group's leader too; setpgid would then fail.
+    group = {"setsid": True} if terminal is not None else {"setpgroup": 0}
     return os.posix_spawn(
         argv[0],
         list(argv),
@@ -52,10 +54,9 @@ def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stder
             *_stdio_actions(stdio, terminal),
             (os.POSIX_SPAWN_DUP2, stderr, 2),
         ],
-        setsid=terminal is not None,
-        setpgroup=None if terminal is not None else 0,
         setsigdef=RESET_SIGNALS,
         setsigmask=(),
+        **group,
     )
 
 

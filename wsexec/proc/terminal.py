@@ -23,6 +23,9 @@ from typing import Callable, Optional, Union
 import trio
 
 YIELD_EVERY = 16  # calls that did not wait, then other tasks get a turn (as net/streams.py)
+# A terminal hands over at most a few KiB per read (the line discipline's
+# buffer), so a larger request would only allocate more for nothing.
+MAX_READ = 65536
 
 
 def make_raw(fd: int) -> None:
@@ -85,7 +88,7 @@ class Terminal:
         hang_up()."""
         while not self._closed:
             try:
-                data = os.read(self.fd, max_bytes)
+                data = os.read(self.fd, min(max_bytes, MAX_READ))
                 await self._spend()
                 return data
             except BlockingIOError:
