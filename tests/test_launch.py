@@ -6,7 +6,9 @@ wsexec that is not root exit 4. The tests run as root (here and in CI)."""
 from __future__ import annotations
 
 import grp
+import os
 import pwd
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +20,9 @@ import trio
 from support.clients import collect, fetch
 from support.servers import PY, ROOT, WsexecProcess, drain_output, make_config, script, serving
 from support.waiting import trio_test
+from wsexec.proc.children import Handlers
 from wsexec.proc.launch import INFINITY, Limit, parse_limit, parse_limits, wrapper
+from wsexec.proc.spawn import Spawner
 
 IDS = "#!/bin/sh\necho \"$(id -u) $(id -g) $(id -G)\"\n"
 CGI_IDS = "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\necho \"$(id -u) $(id -g) $(id -G)\"\n"
@@ -101,6 +105,40 @@ async def test_user_runs_handlers_and_cgi_scripts_as_that_user_without_groups(pu
         assert (reply.status, reply.body.decode().strip()) == (200, expected)
 
 
+STATUS = "#!/bin/sh\ngrep -E '^(Uid|Gid|Groups|CapPrm|CapEff):' /proc/self/status\n"
+
+
+@trio_test(20)
+async def test_no_way_back_to_root(public):
+    """Real, effective, saved and file-system ids all the user's, no
+    supplementary group, no capability; wsexec itself stays root: only its
+    spawner thread holds the handlers' real ids (effective ids root's)."""
+    handler = script(public, "status.sh", STATUS, "/bin/sh")
+    async with serving(make_config(handler, user="nobody")) as (state, url):
+        messages, code, _ = await collect(url + "/")
+        threads = []  # every thread's real, effective, saved and file-system uid
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/status") as f:
+                threads.append(next(line.split()[1:] for line in f if line.startswith("Uid:")))
+    u, g = NOBODY.pw_uid, NOBODY.pw_gid
+    assert [m.replace("\t", " ").split() for m in messages] == [
+        ["Uid:", *[str(u)] * 4], ["Gid:", *[str(g)] * 4], ["Groups:"], ["CapPrm:", "0" * 16], ["CapEff:", "0" * 16]]
+    assert os.getuid() == os.geteuid() == 0
+    assert sorted(threads).count([str(u), "0", "0", "0"]) == 1, threads  # the spawner thread
+    assert all(t in ([str(u), "0", "0", "0"], ["0", "0", "0", "0"]) for t in threads), threads
+
+
+def test_without_the_spawner_thread_setpriv_takes_the_credentials():
+    """Where the spawner thread cannot take them (no C library thread, a
+    machine whose system call numbers wsexec does not know), setpriv does."""
+    threaded = Handlers(owner=(7, 8), setpriv="/usr/bin/setpriv")
+    assert threaded.launcher == () and threaded.spawner.credentials == (7, 8)
+    inline = Handlers(spawner=Spawner(use_thread=False), owner=(7, 8), setpriv="/usr/bin/setpriv")
+    assert inline.launcher == ("/usr/bin/setpriv", "--reuid=7", "--regid=8", "--clear-groups", "--")
+    plain = Handlers(spawner=Spawner(use_thread=False))
+    assert plain.launcher == () and plain.spawner.credentials == (None, None)
+
+
 @trio_test(20)
 async def test_group_chooses_the_group(public):
     handler = script(public, "ids.sh", IDS, "/bin/sh")
@@ -172,6 +210,8 @@ def run_wsexec(*args: str, prefix=()) -> subprocess.CompletedProcess:
     (("--rlimit", "nofile=10:5"), b"soft limit is above the hard one"),
     (("--rlimit", "cpu"), b"--rlimit needs NAME=VALUE"),
     (("--rlimit", "nofile=unlimited"), b"--rlimit nofile: at most"),
+    (("--user", "nobody", "--rlimit", f"nofile={resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1}"),
+     b"--user nobody cannot raise the hard limit above wsexec's own"),
     (("--user", "no-such-user-here"), b"--user no-such-user-here: no such user"),
     (("--group", "no-such-group-here"), b"--group no-such-group-here: no such group"),
 ])
@@ -183,7 +223,7 @@ def test_bad_values_exit_4(args, says):
 @pytest.mark.parametrize("args, says", [
     (("--user", "nobody"), b"--user and --group need wsexec to run as root (it runs as uid 65534)"),
     (("--group", "daemon"), b"--user and --group need wsexec to run as root"),
-    (("--rlimit", "nofile=unlimited"), b"cannot raise the hard limit above its own"),
+    (("--rlimit", "nofile=unlimited"), b"wsexec (not root) cannot raise the hard limit above wsexec's own"),
 ])
 def test_not_root_exits_4(args, says):
     """wsexec in a user namespace of its own, where it is uid 65534 and can

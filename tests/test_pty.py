@@ -190,9 +190,7 @@ def test_out_of_terminals_is_a_503_not_a_hang():
         log = drain_output(server)
         pid = server.proc.pid
         assert trio.run(echo_once, server.url + "/", "warm") == "warm"  # the spawner thread and pipes exist
-        wait_until_sync = time.monotonic() + 5
-        while server_children(pid) and time.monotonic() < wait_until_sync:
-            time.sleep(0.05)
+        settle_fds(pid)  # the first connection's descriptors all closed
         soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         limit = next(n for n in range(3, soft) if free_slots(pid, n) == 1)
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
@@ -207,12 +205,18 @@ def test_out_of_terminals_is_a_503_not_a_hang():
         assert "no pseudo-terminal for the handler (--pty): Too many open files" in text, text[-2000:]
 
 
-def server_children(pid: int) -> list:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return f.read().split()
-    except OSError:
-        return []
+def settle_fds(pid: int, timeout: float = 10) -> None:
+    """Until wsexec's descriptors stay the same for half a second."""
+    deadline = time.monotonic() + timeout
+    seen, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = sorted(os.listdir(f"/proc/{pid}/fd"))
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= 0.5:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"wsexec's descriptors kept changing for {timeout} s")
 
 
 def test_pty_with_shared_exits_4():

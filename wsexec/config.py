@@ -100,7 +100,8 @@ class Config:
     group: Optional[str] = None
     rlimits: Tuple[str, ...] = ()  # --rlimit NAME=VALUE as given
     run_as: Tuple[Optional[int], Optional[int]] = (None, None)  # ...as uid and gid, set by load()
-    launcher: Tuple[str, ...] = ()  # the exec wrappers before every handler's argv, set by load()
+    launcher: Tuple[str, ...] = ()  # prlimit and its options before every handler's argv, set by load()
+    setpriv: str = ""  # setpriv's path, for --user and --group where the spawner thread cannot take them
     # --shared (wsexec/backends/shared.py): one process for many clients.
     shared: bool = False
     tagged: bool = False
@@ -368,22 +369,24 @@ def load_launcher(config: Config) -> dict:
     limits = parse_limits(config.rlimits)
     for limit in limits:
         own = resource.getrlimit(getattr(resource, f"RLIMIT_{limit.name.upper()}"))[1]
-        if not root and own != resource.RLIM_INFINITY and (limit.hard == -1 or limit.hard > own):
-            raise ConfigError(f"--rlimit {limit.name}: wsexec (not root) cannot raise the hard limit above its own, "
-                              f"{own}", EXIT_BAD_COMBINATION)
+        # prlimit runs as the handler's user (--user: taken before the exec), who may only lower a hard limit.
+        if (not root or uid not in (None, 0)) and own != resource.RLIM_INFINITY and (limit.hard == -1 or limit.hard > own):
+            who = "wsexec (not root)" if not root else f"--user {config.user}"
+            raise ConfigError(f"--rlimit {limit.name}: {who} cannot raise the hard limit above wsexec's own, {own}",
+                              EXIT_BAD_COMBINATION)
         if limit.name == "nofile":
             ceiling = nr_open()
             if ceiling is not None and (limit.hard == -1 or limit.hard > ceiling):
                 raise ConfigError(f"--rlimit nofile: at most {ceiling} (/proc/sys/fs/nr_open)", EXIT_BAD_COMBINATION)
     tools = {}
-    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):
+    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):  # setpriv: a fallback
         if needed:
             found = shutil.which(tool, path=WRAPPER_PATH)
             if found is None:
                 raise ConfigError(f"{tool} (util-linux) not found in {WRAPPER_PATH}: needed by --user, --group or "
                                   f"--rlimit", EXIT_BAD_COMMAND)
             tools[tool] = found
-    return {"run_as": (uid, gid), "launcher": wrapper(limits, uid, gid, **tools)}
+    return {"run_as": (uid, gid), "launcher": wrapper(limits, None, None, **tools), "setpriv": tools.get("setpriv", "")}
 
 
 def load(config: Config) -> Config:

@@ -49,7 +49,7 @@ class Server:
         self.config = config
         self.stats = Stats()
         self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd, launcher=config.launcher,
-                                 owner=config.run_as)
+                                 owner=config.run_as, setpriv=config.setpriv)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served

@@ -11,7 +11,7 @@ the reason, an over-long line -> 1009.
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import trio
 
@@ -19,9 +19,11 @@ from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.lines import LineSplitter, LineTooLong
 from ..proc.shebang import spawn_failure
-from ..proc.terminal import Terminal
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
 from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
+
+if TYPE_CHECKING:
+    from ..proc.terminal import Terminal
 
 
 def process_outcome(status: Optional[int], too_long: str = "", not_started: str = "") -> Outcome:
@@ -90,7 +92,7 @@ class ProcessFarEnd:
         self.too_long = ""
         self.not_started = ""
         self.outcome: Optional[Outcome] = None
-        self.terminal: Optional[Terminal] = None  # --pty: taken in connect(), the child's once started
+        self.terminal: Optional["Terminal"] = None  # --pty: taken in connect(), the child's once started
 
     @property
     def finished(self) -> bool:

@@ -15,15 +15,18 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import trio
 
 from ..stats import Stats
+from .launch import wrapper
 from .spawn import Spawner
 from .stderr import StderrPipe, StderrReader
-from .terminal import Terminal
 from ..net.streams import Socket
+
+if TYPE_CHECKING:
+    from .terminal import Terminal  # --pty alone loads it (and termios)
 
 
 @dataclass
@@ -92,9 +95,11 @@ class Handlers:
 
     def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None,
                  cwd: Optional[str] = None, launcher: Sequence[str] = (),
-                 owner: Tuple[Optional[int], Optional[int]] = (None, None)) -> None:
+                 owner: Tuple[Optional[int], Optional[int]] = (None, None), setpriv: str = "setpriv") -> None:
         self.children: Dict[int, Child] = {}
-        self.spawner = spawner or Spawner()
+        self.spawner = spawner or Spawner(credentials=owner)
+        if self.spawner.credentials != owner:  # no thread, or an unknown machine: exec setpriv first
+            launcher = tuple(launcher) + wrapper((), *owner, setpriv=setpriv)
         self.stderr = StderrReader()
         self.slots = Slots(maxforks)
         self.stats = stats or Stats()
@@ -105,6 +110,8 @@ class Handlers:
     def open_terminal(self) -> Terminal:
         """--pty: a handler's terminal, taken before the upgrade is answered so
         that running out of them is an HTTP refusal; OSError if none is left."""
+        from .terminal import Terminal
+
         return Terminal.open(*self.owner)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
@@ -139,7 +146,7 @@ class Handlers:
         Its stderr lines go to log; on_exit is called when it has been reaped.
         With a terminal (--pty) that is its stdin and stdout, and the Child's
         io; it is closed if the handler cannot start."""
-        io: Union[Socket, Terminal]
+        io: Union[Socket, "Terminal"]
         theirs: Optional[socket.socket] = None
         try:
             if terminal is None:

@@ -1,19 +1,26 @@
 """--user, --group and --rlimit: whom a handler runs as and what it may use.
 
 posix_spawn can set neither credentials nor resource limits, and both must
-be in place before the handler's first instruction. So the handler is
-spawned as usual (on the spawner thread, wsexec/proc/spawn.py) through
-util-linux's exec wrappers: `prlimit --nofile=64:64 --` sets the limits on
-itself, `setpriv --reuid --regid --clear-groups --` the credentials, and
-each execs the next. Each costs one exec in the child (about 0.5 ms of CPU
-there), nothing on the event loop. Setting limits or credentials in wsexec
-around the spawn is no choice: both are per process, so every other thread
-would run under them meanwhile (cpu=1 would kill wsexec, nofile=64 would
-refuse its next client), and credentials cannot be got back. A fork (as
-subprocess does) holds the GIL while the page tables are copied and costs
-more in the child. Plain spawns take none of this.
+be in place before the handler's first instruction.
 
-The parsing is pure: table-tested in tests/test_decisions.py style.
+Credentials cost nothing per spawn: the spawner thread takes the handlers'
+real uid and gid and drops the supplementary groups with raw system calls
+(Linux credentials belong to a thread; the C library's wrappers would change
+every thread's), and POSIX_SPAWN_RESETIDS gives each child those ids as its
+effective ones (wsexec/proc/spawn.py). Where that thread cannot do it, the
+handler is started through util-linux's `setpriv` instead.
+
+Resource limits belong to the whole process, so they are set through
+util-linux's `prlimit --nofile=64:64 -- handler`, which sets them on itself
+and execs the handler: one exec more, in the child (0.5-0.8 ms of CPU
+measured), nothing on the event loop. Setting them in wsexec around the
+spawn is no choice: every other thread would run under them meanwhile
+(cpu=1 would kill wsexec at once, nofile=64 would refuse its next client,
+as=... would fail its allocations). A fork (subprocess's way) holds the GIL
+while the page tables are copied and costs more in the child. Plain spawns
+take none of this.
+
+The parsing is pure and table-tested (tests/test_launch.py).
 """
 
 from __future__ import annotations
@@ -99,9 +106,9 @@ def _value(number: int) -> str:
 
 def wrapper(limits: Sequence[Limit], uid: Optional[int], gid: Optional[int],
             prlimit: str = "prlimit", setpriv: str = "setpriv") -> Tuple[str, ...]:
-    """The argv put before every handler's: () when nothing is asked (plain
-    spawns stay as fast as ever). Limits first, while still privileged to
-    raise them; then the credentials, supplementary groups dropped."""
+    """The argv put before a handler's: () when nothing is asked (plain
+    spawns stay as fast as ever). Limits first, then (where the spawner
+    thread cannot take them) the credentials, supplementary groups dropped."""
     argv: Tuple[str, ...] = ()
     if limits:
         argv += (prlimit, *(f"--{lim.name}={_value(lim.soft)}:{_value(lim.hard)}" for lim in limits), "--")

@@ -34,7 +34,11 @@ RESET_SIGNALS = (
 )
 
 # <spawn.h> flags, the same in glibc (SETSID: 2.26 and later) and musl.
-_SETPGROUP, _SETSIGDEF, _SETSIGMASK, _SETSID = 0x02, 0x04, 0x08, 0x80
+_RESETIDS, _SETPGROUP, _SETSIGDEF, _SETSIGMASK, _SETSID = 0x01, 0x02, 0x04, 0x08, 0x80
+# Linux system call numbers of setgroups, setresuid, setresgid, called raw
+# so that they change the calling thread's credentials alone (the C
+# library's wrappers change every thread's).
+_CREDENTIAL_CALLS = {"x86_64": (116, 117, 119), "aarch64": (159, 147, 149)}
 # Opaque C types, sized generously (glibc: 80, 336 and 128 bytes).
 _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
@@ -83,7 +87,7 @@ class _Libc:
     for the call). The quick calls go through `quick` (PyDLL: the GIL is
     kept), so neither thread hands the GIL over for them."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, resetids: bool = False) -> None:
         self.libc = ctypes.CDLL(path, use_errno=True)
         self.quick = quick = ctypes.PyDLL(path, use_errno=True)
         self.libc.posix_spawn.restype = ctypes.c_int
@@ -101,8 +105,9 @@ class _Libc:
         self._check(quick.sigemptyset(empty))
         # A handler leads its own process group; with --pty, its own session
         # (and so its own group), where its terminal can be the controlling one.
-        self.attr = self._attributes(default, empty, _SETPGROUP)
-        self.attr_session = self._attributes(default, empty, _SETSID)
+        reset = _RESETIDS if resetids else 0  # --user, --group: see Spawner.become()
+        self.attr = self._attributes(default, empty, _SETPGROUP | reset)
+        self.attr_session = self._attributes(default, empty, _SETSID | reset)
 
     def _attributes(self, default: ctypes.Array, empty: ctypes.Array, flag: int) -> ctypes.Array:
         quick = self.quick
@@ -172,13 +177,31 @@ class _Request:
         self.error: Optional[BaseException] = None
 
 
-def _load_libc() -> Optional[_Libc]:
+def _load_libc(resetids: bool = False) -> Optional[_Libc]:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return _Libc(ctypes.util.find_library("c") or "libc.so.6")
+        return _Libc(ctypes.util.find_library("c") or "libc.so.6", resetids)
     except (OSError, AttributeError):
         return None
+
+
+def _become(libc: _Libc, uid: Optional[int], gid: Optional[int]) -> None:
+    """On the spawner thread alone: no supplementary groups, and the real
+    uid and gid of the handlers; the effective ids stay root's, so the thread
+    keeps its privileges. POSIX_SPAWN_RESETIDS then makes each child's
+    effective ids its real ones, and exec makes the saved ids the same: a
+    handler has the credentials asked for, and no way back."""
+    setgroups, setresuid, setresgid = _CREDENTIAL_CALLS[os.uname().machine]
+    syscall = libc.quick.syscall
+    syscall.restype = ctypes.c_long
+    keep = ctypes.c_long(-1)
+    for result in (syscall(ctypes.c_long(setgroups), ctypes.c_long(0), None),
+                   0 if gid is None else syscall(ctypes.c_long(setresgid), ctypes.c_long(gid), keep, keep),
+                   0 if uid is None else syscall(ctypes.c_long(setresuid), ctypes.c_long(uid), keep, keep)):
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot take the handlers' user and group: {os.strerror(err)}")
 
 
 class Spawner:
@@ -190,8 +213,13 @@ class Spawner:
     connection. The byte is written with the GIL held (it cannot block), so
     the thread gives the GIL up only in posix_spawn and while idle."""
 
-    def __init__(self, use_thread: bool = True) -> None:
-        self._libc = _load_libc() if use_thread else None
+    def __init__(self, use_thread: bool = True, credentials: Tuple[Optional[int], Optional[int]] = (None, None)) -> None:
+        """credentials: --user and --group as uid and gid (None: wsexec's),
+        taken by the spawner thread (see _become) where it can; otherwise
+        self.credentials is (None, None) and the caller must see to them."""
+        wanted = credentials != (None, None)
+        self._libc = _load_libc(wanted) if use_thread else None
+        self.credentials = credentials if wanted and self.can_take_credentials else (None, None)
         self._queue: "queue.SimpleQueue[Optional[_Request]]" = queue.SimpleQueue()
         self._finished: Deque[_Request] = deque()
         self._thread: Optional[threading.Thread] = None
@@ -201,14 +229,26 @@ class Spawner:
     def threaded(self) -> bool:
         return self._libc is not None
 
+    @property
+    def can_take_credentials(self) -> bool:
+        return self._libc is not None and os.uname().machine in _CREDENTIAL_CALLS
+
     def _run(self, libc: _Libc, wake: int) -> None:
         # Signals are for the main thread; this one only spawns.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        failed: Optional[OSError] = None
+        if self.credentials != (None, None):
+            try:
+                _become(libc, *self.credentials)
+            except OSError as e:  # every spawn then fails with it: no handler runs as root by mistake
+                failed = e
         while True:
             request = self._queue.get()
             if request is None:
                 return
             try:
+                if failed is not None:
+                    raise failed
                 request.result = libc.spawn(request)
             except BaseException as e:  # reported to the waiting connection
                 request.error = e
