@@ -105,7 +105,7 @@ class _Libc:
         self._check(quick.sigemptyset(empty))
         # A handler leads its own process group; with --pty, its own session
         # (and so its own group), where its terminal can be the controlling one.
-        reset = _RESETIDS if resetids else 0  # --user, --group: see Spawner.become()
+        reset = _RESETIDS if resetids else 0  # --user, --group: see _become()
         self.attr = self._attributes(default, empty, _SETPGROUP | reset)
         self.attr_session = self._attributes(default, empty, _SETSID | reset)
 
