@@ -226,14 +226,23 @@ def test_bad_values_exit_4(args, says):
     (("--rlimit", "nofile=unlimited"), b"wsexec (not root) cannot raise the hard limit above wsexec's own"),
 ])
 def test_not_root_exits_4(args, says):
-    """wsexec in a user namespace of its own, where it is uid 65534 and can
-    neither change user nor raise a hard limit (unshare(1), util-linux)."""
-    result = run_wsexec(*args, prefix=("unshare", "--user"))
+    result = run_wsexec(*args, prefix=not_root())
     assert result.returncode == 4 and says in result.stderr, result.stderr
 
 
-def test_not_root_may_lower_limits(tmp_path):
-    handler = script(tmp_path, "n.sh", "#!/bin/sh\nulimit -n\n", "/bin/sh")
-    with WsexecProcess("--rlimit", "nofile=40", str(handler), prefix=("unshare", "--user")) as server:
+def not_root() -> tuple:
+    """A command that runs wsexec as uid 65534 (util-linux): setpriv to
+    nobody where nobody can run this Python and read the code, else a user
+    namespace of its own (unshare), where wsexec is 65534 too and can neither
+    change user nor raise a hard limit."""
+    as_nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    probe = subprocess.run([*as_nobody, PY, "-c", "import click, trio, wsexec"], cwd=ROOT, capture_output=True,
+                           timeout=20)
+    return as_nobody if probe.returncode == 0 else ("unshare", "--user")
+
+
+def test_not_root_may_lower_limits(public):
+    handler = script(public, "n.sh", "#!/bin/sh\nulimit -n\n", "/bin/sh")
+    with WsexecProcess("--rlimit", "nofile=40", str(handler), prefix=not_root()) as server:
         drain_output(server)
         assert trio.run(collect, server.url + "/") == (["40"], 1000, "")
