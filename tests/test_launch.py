@@ -191,12 +191,28 @@ async def test_a_handler_past_its_cpu_limit_is_killed_by_sigxcpu(tmp_path):
 
 
 @trio_test(20)
-async def test_a_handler_the_wrapper_cannot_run_is_logged_and_closed(tmp_path):
+async def test_a_handler_that_cannot_run_is_closed_with_1011(tmp_path):
     handler = script(tmp_path, "gone.sh", IDS, "/bin/sh")
     async with serving(make_config(handler, rlimits=("nofile=64",))) as (state, url):
         handler.unlink()  # after the start-up check
         messages, code, reason = await collect(url + "/")
-    assert (messages, code, reason) == ([], 1011, "exit status 127")
+        gated = state.handlers.gate is not None
+    # At the gate the spawn itself fails; through prlimit, prlimit says so and exits 127.
+    assert (messages, code, reason) == ([], 1011, "cannot start handler: No such file or directory" if gated
+                                        else "exit status 127")
+
+
+@trio_test(20)
+async def test_the_gate_sets_limits_without_an_exec(tmp_path):
+    """As root (CAP_SYS_ADMIN), limits are set at the gate: no wrapper in
+    front of the handler, whose parent is wsexec itself; anyone but wsexec's
+    own children is refused at the gate."""
+    handler = script(tmp_path, "h.sh", "#!/bin/sh\necho $PPID $(ulimit -n)\n", "/bin/sh")
+    async with serving(make_config(handler, rlimits=("nofile=50",))) as (state, url):
+        assert state.handlers.gate is not None and state.handlers.launcher == ()
+        assert await collect(url + "/") == ([f"{os.getpid()} 50"], 1000, "")
+        with pytest.raises(PermissionError):
+            await trio.to_thread.run_sync(open, state.handlers.gate.path)
 
 
 def run_wsexec(*args: str, prefix=()) -> subprocess.CompletedProcess:
@@ -223,7 +239,7 @@ def test_bad_values_exit_4(args, says):
 @pytest.mark.parametrize("args, says", [
     (("--user", "nobody"), b"--user and --group need wsexec to run as root (it runs as uid 65534)"),
     (("--group", "daemon"), b"--user and --group need wsexec to run as root"),
-    (("--rlimit", "nofile=unlimited"), b"wsexec (not root) cannot raise the hard limit above wsexec's own"),
+    (("--rlimit", f"nofile={resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1}"), b"wsexec (not root) cannot raise the hard limit above wsexec's own"),
 ])
 def test_not_root_exits_4(args, says):
     result = run_wsexec(*args, prefix=not_root())

@@ -14,7 +14,7 @@ from .log import FORMATS as LOG_FORMATS
 from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
-from .proc.launch import parse_limits, wrapper
+from .proc.launch import Limit, parse_limits
 from .proc.shebang import script_problem
 
 # Exit codes, as websocketd documents them.
@@ -100,7 +100,8 @@ class Config:
     group: Optional[str] = None
     rlimits: Tuple[str, ...] = ()  # --rlimit NAME=VALUE as given
     run_as: Tuple[Optional[int], Optional[int]] = (None, None)  # ...as uid and gid, set by load()
-    launcher: Tuple[str, ...] = ()  # prlimit and its options before every handler's argv, set by load()
+    limits: Tuple[Limit, ...] = ()  # --rlimit parsed, by load()
+    prlimit: str = ""  # prlimit's path, for --rlimit where the gate cannot be had (wsexec/proc/gate.py)
     setpriv: str = ""  # setpriv's path, for --user and --group where the spawner thread cannot take them
     # --shared (wsexec/backends/shared.py): one process for many clients.
     shared: bool = False
@@ -367,26 +368,34 @@ def load_launcher(config: Config) -> dict:
         except KeyError:
             raise ConfigError(f"--user {config.user}: no such user (give --group too)", EXIT_BAD_COMBINATION) from None
     limits = parse_limits(config.rlimits)
+    if limits:
+        from .proc.gate import CAP_SYS_RESOURCE, capable
+
+        privileged = root and capable(CAP_SYS_RESOURCE)
     for limit in limits:
-        own = resource.getrlimit(getattr(resource, f"RLIMIT_{limit.name.upper()}"))[1]
-        # prlimit runs as the handler's user (--user: taken before the exec), who may only lower a hard limit.
-        if (not root or uid not in (None, 0)) and own != resource.RLIM_INFINITY and (limit.hard == -1 or limit.hard > own):
-            who = "wsexec (not root)" if not root else f"--user {config.user}"
-            raise ConfigError(f"--rlimit {limit.name}: {who} cannot raise the hard limit above wsexec's own, {own}",
-                              EXIT_BAD_COMBINATION)
         if limit.name == "nofile":
             ceiling = nr_open()
             if ceiling is not None and (limit.hard == -1 or limit.hard > ceiling):
                 raise ConfigError(f"--rlimit nofile: at most {ceiling} (/proc/sys/fs/nr_open)", EXIT_BAD_COMBINATION)
+        own = resource.getrlimit(getattr(resource, f"RLIMIT_{limit.name.upper()}"))[1]
+        if own == resource.RLIM_INFINITY or -1 < limit.hard <= own:
+            continue
+        # Raising a hard limit takes CAP_SYS_RESOURCE; prlimit, where the gate cannot be had, runs as
+        # the handler's user (--user: taken before the exec), who may only lower one.
+        who = ("wsexec (not root)" if not root else f"--user {config.user}" if uid not in (None, 0)
+               else None if privileged else "wsexec (root without CAP_SYS_RESOURCE)")
+        if who:
+            raise ConfigError(f"--rlimit {limit.name}: {who} cannot raise the hard limit above wsexec's own, {own}",
+                              EXIT_BAD_COMBINATION)
     tools = {}
-    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):  # setpriv: a fallback
+    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):  # fallbacks
         if needed:
             found = shutil.which(tool, path=WRAPPER_PATH)
             if found is None:
                 raise ConfigError(f"{tool} (util-linux) not found in {WRAPPER_PATH}: needed by --user, --group or "
                                   f"--rlimit", EXIT_BAD_COMMAND)
             tools[tool] = found
-    return {"run_as": (uid, gid), "launcher": wrapper(limits, None, None, **tools), "setpriv": tools.get("setpriv", "")}
+    return {"run_as": (uid, gid), "limits": limits, "prlimit": tools.get("prlimit", ""), "setpriv": tools.get("setpriv", "")}
 
 
 def load(config: Config) -> Config:

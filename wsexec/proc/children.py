@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, T
 import trio
 
 from ..stats import Stats
-from .launch import wrapper
+from .launch import Limit, wrapper
 from .spawn import Spawner
 from .stderr import StderrPipe, StderrReader
 from ..net.streams import Socket
 
 if TYPE_CHECKING:
+    from .gate import Gate  # --rlimit alone loads it
     from .terminal import Terminal  # --pty alone loads it (and termios)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,17 +97,21 @@ class Handlers:
     connection its status), logs their stderr, and counts them for --maxforks."""
 
     def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None,
-                 cwd: Optional[str] = None, launcher: Sequence[str] = (),
+                 cwd: Optional[str] = None, limits: Sequence[Limit] = (), prlimit: str = "prlimit",
                  owner: Tuple[Optional[int], Optional[int]] = (None, None), setpriv: str = "setpriv") -> None:
         self.children: Dict[int, Child] = {}
         self.spawner = spawner or Spawner(credentials=owner)
-        if self.spawner.credentials != owner:  # no thread, or an unknown machine: exec setpriv first
-            launcher = tuple(launcher) + wrapper((), *owner, setpriv=setpriv)
+        # --rlimit: set at the gate (run() opens it), else by prlimit; --user,
+        # --group: taken by the spawner thread, else by setpriv.
+        self.limits = tuple(limits)
+        self.gate: Optional["Gate"] = None
+        self._prlimit = wrapper(self.limits, None, None, prlimit=prlimit)
+        self._setpriv = wrapper((), *owner, setpriv=setpriv) if self.spawner.credentials != owner else ()
+        self.launcher = self._prlimit + self._setpriv
         self.stderr = StderrReader()
         self.slots = Slots(maxforks)
         self.stats = stats or Stats()
         self.cwd = cwd  # --cwd: a directory, "script" (each program's own), or None (wsexec's)
-        self.launcher = tuple(launcher)  # --rlimit, --user, --group: wrappers (wsexec/proc/launch.py)
         self.owner = owner  # --user, --group: uid and gid, for the handler's terminal
 
     def open_terminal(self) -> Terminal:
@@ -116,6 +123,16 @@ class Handlers:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Reap on SIGCHLD; meanwhile log every handler's stderr."""
+        if self.limits:
+            from .gate import CAP_SYS_RESOURCE, Gate, capable
+
+            try:
+                if self.spawner.credentials != (None, None) and not capable(CAP_SYS_RESOURCE):
+                    raise OSError(0, "no CAP_SYS_RESOURCE for the --user handlers' limits")
+                self.gate = Gate(self.limits)
+                self.launcher = self._setpriv
+            except OSError as e:  # not root, or no fanotify permission events: one exec more
+                logger.info("--rlimit: limits set by prlimit before each handler (no gate: %s)", e.strerror)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.stderr.run)
@@ -123,6 +140,8 @@ class Handlers:
         finally:
             self.stderr.close_all()
             self.spawner.close()
+            if self.gate is not None:  # after the spawner: a child at the gate is still answered
+                self.gate.close()
 
     async def _reap_on_signal(self, task_status) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -175,7 +194,8 @@ class Handlers:
             cwd = os.path.dirname(argv[0]) if self.cwd == "script" else self.cwd
             stdio = theirs.fileno() if theirs is not None else -1
             pid = await self.spawner.spawn(self.launcher + tuple(argv), env, stdio, err_write, cwd,
-                                           terminal.path if terminal is not None else None)
+                                           terminal.path if terminal is not None else None,
+                                           self.gate.path if self.gate is not None else None)
             self.stats.started(time.monotonic() - began)
         except BaseException:
             io.close()

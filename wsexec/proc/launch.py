@@ -10,7 +10,9 @@ every thread's), and POSIX_SPAWN_RESETIDS gives each child those ids as its
 effective ones (wsexec/proc/spawn.py). Where that thread cannot do it, the
 handler is started through util-linux's `setpriv` instead.
 
-Resource limits belong to the whole process, so they are set through
+Resource limits belong to the whole process: each child waits at a gate
+while wsexec sets them with prlimit(2) (wsexec/proc/gate.py), no exec in
+between. Where that cannot be had, the handler is started through
 util-linux's `prlimit --nofile=64:64 -- handler`, which sets them on itself
 and execs the handler: one exec more, in the child (0.5-0.8 ms of CPU
 measured), nothing on the event loop. Setting them in wsexec around the

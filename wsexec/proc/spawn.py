@@ -45,31 +45,32 @@ _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodee
 
 
 def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                  cwd: Optional[str] = None, terminal: Optional[str] = None) -> int:
+                  cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[str] = None) -> int:
     if cwd is not None:  # os.posix_spawn has no chdir action
         raise OSError(errno.ENOSYS, "--cwd needs the C library's posix_spawn_file_actions_addchdir_np")
     # A new session (--pty) makes the handler its group's leader too; setpgid would then fail.
     group = {"setsid": True} if terminal is not None else {"setpgroup": 0}
-    return os.posix_spawn(
-        argv[0],
-        list(argv),
-        env,
-        file_actions=[
-            *_stdio_actions(stdio, terminal),
-            (os.POSIX_SPAWN_DUP2, stderr, 2),
-        ],
-        setsigdef=RESET_SIGNALS,
-        setsigmask=(),
-        **group,
-    )
+    return os.posix_spawn(argv[0], list(argv), env, file_actions=_stdio_actions(stdio, stderr, terminal, gate),
+                          setsigdef=RESET_SIGNALS, setsigmask=(), **group)
 
 
-def _stdio_actions(stdio: int, terminal: Optional[str]) -> list:
-    """stdin and stdout: one socket; or with --pty the terminal, opened by
-    path after setsid so that it becomes the controlling terminal."""
+def _stdio_actions(stdio: int, stderr: int, terminal: Optional[str], gate: Optional[str]) -> list:
+    """The file actions, as os.posix_spawn takes them. stdin and stdout: one
+    socket; or with --pty the terminal, opened by path after setsid so that
+    it becomes the controlling terminal. With --rlimit the gate
+    (wsexec/proc/gate.py) is opened first, onto a descriptor the next
+    action replaces, so that no later action needs a new descriptor."""
+    actions: list = []
     if terminal is None:
-        return [(os.POSIX_SPAWN_DUP2, stdio, 0), (os.POSIX_SPAWN_DUP2, stdio, 1)]
-    return [(os.POSIX_SPAWN_OPEN, 0, terminal, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1)]
+        if gate is not None:
+            actions.append((os.POSIX_SPAWN_OPEN, 0, gate, os.O_RDONLY, 0))
+        actions += [(os.POSIX_SPAWN_DUP2, stdio, 0), (os.POSIX_SPAWN_DUP2, stdio, 1)]
+    else:
+        actions.append((os.POSIX_SPAWN_OPEN, 0, terminal, os.O_RDWR, 0))
+        if gate is not None:
+            actions.append((os.POSIX_SPAWN_OPEN, 1, gate, os.O_RDONLY, 0))
+        actions.append((os.POSIX_SPAWN_DUP2, 0, 1))
+    return actions + [(os.POSIX_SPAWN_DUP2, stderr, 2)]
 
 
 def _strings(items: Sequence[str]) -> ctypes.Array:
@@ -125,7 +126,7 @@ class _Libc:
             raise OSError(result, os.strerror(result))
 
     def prepare(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                cwd: Optional[str] = None, terminal: Optional[str] = None) -> "_Request":
+                cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[str] = None) -> "_Request":
         """Everything the C call needs, built on the loop's thread."""
         if "=" in "".join(env) or "" in env:
             raise ValueError("illegal environment variable name")
@@ -135,12 +136,12 @@ class _Libc:
         quick = self.quick
         self._check(quick.posix_spawn_file_actions_init(actions))
         try:
-            if terminal is None:
-                self._check(quick.posix_spawn_file_actions_adddup2(actions, stdio, 0))
-            else:  # --pty: opened after setsid, so it becomes the controlling terminal
-                self._check(quick.posix_spawn_file_actions_addopen(actions, 0, os.fsencode(terminal), os.O_RDWR, 0))
-            for fd, target in ((0 if terminal is not None else stdio, 1), (stderr, 2)):
-                self._check(quick.posix_spawn_file_actions_adddup2(actions, fd, target))
+            for action in _stdio_actions(stdio, stderr, terminal, gate):
+                if action[0] == os.POSIX_SPAWN_OPEN:
+                    _, fd, path, flags, mode = action
+                    self._check(quick.posix_spawn_file_actions_addopen(actions, fd, os.fsencode(path), flags, mode))
+                else:
+                    self._check(quick.posix_spawn_file_actions_adddup2(actions, action[1], action[2]))
             if cwd is not None:  # --cwd: glibc 2.29 and later
                 addchdir = getattr(quick, "posix_spawn_file_actions_addchdir_np", None)
                 if addchdir is None:
@@ -273,13 +274,14 @@ class Spawner:
             return  # close()
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                    cwd: Optional[str] = None, terminal: Optional[str] = None) -> int:
+                    cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[str] = None) -> int:
         """stdio is the handler's stdin and stdout, unless terminal (a path,
-        --pty) is given: then that is, and the handler leads a new session."""
+        --pty) is given: then that is, and the handler leads a new session.
+        gate: where the child waits for its --rlimit limits."""
         libc = self._libc
         if libc is None:
-            return _inline_spawn(argv, env, stdio, stderr, cwd, terminal)
-        request = libc.prepare(argv, env, stdio, stderr, cwd, terminal)
+            return _inline_spawn(argv, env, stdio, stderr, cwd, terminal, gate)
+        request = libc.prepare(argv, env, stdio, stderr, cwd, terminal, gate)
         if self._thread is None:
             self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             trio.lowlevel.spawn_system_task(self._deliver, self._pipe[0], name="wsexec-spawner-results")
