@@ -5,10 +5,11 @@ limits (wsexec/proc/launch.py says which wsexec takes and why).
 
 Each candidate starts /bin/true SPAWNS times from a thread (as wsexec's
 spawner thread does), in a process holding BALLAST MiB of Python objects
-(a fork copies page tables in proportion). Printed per spawn, medians:
-the call on the thread (until the child has exec'd), the child's CPU
-(through every exec it makes), and this process's own CPU (a fork is paid
-here). Needs root (setuid) and util-linux's prlimit and setpriv.
+(a fork copies page tables in proportion). Printed per spawn: medians of
+the call on the thread (until the child has exec'd) and of the child's CPU
+(through every exec it makes), and this process's own CPU (a fork, and the
+gate's thread, are paid here). Needs root (setuid, fanotify) and
+util-linux's prlimit and setpriv.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wsexec.proc import spawn as sp  # noqa: E402
+from wsexec.proc.gate import Gate  # noqa: E402
+from wsexec.proc.launch import parse_limits  # noqa: E402
 
 TRUE = "/bin/true"
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -35,11 +38,11 @@ SETPRIV = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups
 ULIMIT = ["/bin/sh", "-c", 'ulimit -n 1000; ulimit -t 10; exec "$0" "$@"']
 
 
-def posix_spawn(libc: "sp._Libc") -> Callable[[List[str]], int]:
+def posix_spawn(libc: "sp._Libc", gate: str = "") -> Callable[[List[str]], int]:
     def run(argv: List[str]) -> int:
         r, w = os.pipe()
         try:
-            return libc.spawn(libc.prepare(argv, ENV, r, w))
+            return libc.spawn(libc.prepare(argv, ENV, r, w, gate=gate or None))
         finally:
             os.close(r)
             os.close(w)
@@ -109,11 +112,13 @@ def main() -> int:
     ballast = [bytes(1000) + str(i).encode() for i in range(args.ballast_mib * 1000)]
     plain, with_ids = sp._load_libc(), sp._load_libc(resetids=True)
     assert plain is not None and with_ids is not None
+    gate = Gate(parse_limits(["nofile=1000", "cpu=10"]))
     candidates: Dict[str, Tuple] = {
         "posix_spawn (plain spawns, today)": (posix_spawn(plain), [TRUE]),
         "posix_spawn + RESETIDS, ids taken by the thread (--user)": (posix_spawn(with_ids), [TRUE],
                                                                      (with_ids, 65534, 65534)),
-        "posix_spawn prlimit (--rlimit)": (posix_spawn(plain), PRLIMIT + [TRUE]),
+        "posix_spawn, limits set at the gate (--rlimit)": (posix_spawn(plain, gate.path), [TRUE]),
+        "posix_spawn prlimit (--rlimit without the gate)": (posix_spawn(plain), PRLIMIT + [TRUE]),
         "posix_spawn setpriv": (posix_spawn(plain), SETPRIV + [TRUE]),
         "posix_spawn prlimit setpriv": (posix_spawn(plain), PRLIMIT + SETPRIV + [TRUE]),
         "posix_spawn sh -c ulimit": (posix_spawn(plain), ULIMIT + [TRUE]),
@@ -126,6 +131,7 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for name, (start, argv, *credentials) in candidates.items():
         measure(name, start, argv, args.spawns, tuple(credentials[0]) if credentials else ())
+    gate.close()
     return 0
 
 

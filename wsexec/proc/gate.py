@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import resource
 import select
@@ -33,6 +34,8 @@ import threading
 from typing import Optional, Sequence, Tuple
 
 from .launch import INFINITY, Limit
+
+logger = logging.getLogger(__name__)
 
 # <sys/fanotify.h>
 _CLOEXEC, _CLASS_CONTENT, _OPEN_PERM, _MARK_ADD = 0x1, 0x4, 0x10000, 0x1
@@ -98,20 +101,31 @@ class Gate:
             ready = {fd for fd, _ in poller.poll()}
             if self._wake_read in ready:
                 return
-            data = os.read(self.fd, 4096)
-            for offset in range(0, len(data), _EVENT.size):
-                _, _, _, _, _, event_fd, pid = _EVENT.unpack_from(data, offset)
-                answer = _DENY
-                try:
-                    if self._ours(pid):
-                        for which, values in self.limits:
-                            resource.prlimit(pid, which, values)
-                        answer = _ALLOW
-                except (OSError, ValueError):
-                    pass  # denied: that spawn fails, and no handler runs without its limits
-                finally:
-                    os.write(self.fd, _RESPONSE.pack(event_fd, answer))
-                    os.close(event_fd)
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError as e:  # the thread must go on: a child waits at the gate until answered
+                logger.error("--rlimit gate: %s", e)
+                continue
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                length, _, _, _, _, event_fd, pid = _EVENT.unpack_from(data, offset)
+                offset += max(length, _EVENT.size)
+                self._answer(event_fd, pid)
+
+    def _answer(self, event_fd: int, pid: int) -> None:
+        answer = _DENY
+        try:
+            if self._ours(pid):
+                for which, values in self.limits:
+                    resource.prlimit(pid, which, values)
+                answer = _ALLOW
+        except (OSError, ValueError) as e:  # denied: that spawn fails, and no handler runs without its limits
+            logger.error("--rlimit gate: cannot set the limits of pid %d: %s", pid, e)
+        finally:
+            try:
+                os.write(self.fd, _RESPONSE.pack(event_fd, answer))
+            finally:
+                os.close(event_fd)
 
     @staticmethod
     def _ours(pid: int) -> bool:
