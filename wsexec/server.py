@@ -47,7 +47,8 @@ class Server:
     def __init__(self, config: Config, control_url: str = "") -> None:
         self.config = config
         self.stats = Stats()
-        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd)
+        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd, limits=config.limits,
+                                 prlimit=config.prlimit, owner=config.run_as, setpriv=config.setpriv)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served

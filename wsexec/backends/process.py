@@ -14,7 +14,7 @@ record, a `wsexec-close` stderr line) -> its own 4000-4999 code.
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import trio
 
@@ -27,6 +27,9 @@ from ..proc.passstderr import StreamsReader
 from ..proc.shebang import spawn_failure
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
 from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
+
+if TYPE_CHECKING:
+    from ..proc.terminal import Terminal
 
 
 def process_outcome(status: Optional[int], too_long: str = "", not_started: str = "",
@@ -74,12 +77,20 @@ class ProcessBackend:
         # upgrades cannot run more than --maxforks handlers.
         if not self.handlers.slots.take():
             raise Refused(429, "too many connections, try again later", (("Retry-After", "1"),))
-        return ProcessFarEnd(self.config, self.handlers, info)
+        far = ProcessFarEnd(self.config, self.handlers, info)
+        if self.config.pty:
+            try:
+                far.terminal = self.handlers.open_terminal()
+            except OSError as e:  # out of terminals or descriptors: refused, not a hang
+                self.handlers.slots.give_back()
+                info.log.error("no pseudo-terminal for the handler (--pty): %s", e.strerror)
+                raise Refused(503, "no terminal left for the handler, try again later", (("Retry-After", "1"),))
+        return far
 
 
 class ProcessFarEnd:
     __slots__ = ("config", "handlers", "info", "label", "child", "splitter", "read_size", "output_ended",
-                 "too_long", "not_started", "outcome", "frames", "asked", "bad_output", "streams")
+                 "too_long", "not_started", "outcome", "frames", "asked", "bad_output", "streams", "terminal")
     upgrade_headers = ()  # nothing for the 101
 
     def __init__(self, config: Config, handlers: Handlers, info: SessionInfo) -> None:
@@ -98,6 +109,7 @@ class ProcessFarEnd:
         self.too_long = ""
         self.not_started = ""
         self.outcome: Optional[Outcome] = None
+        self.terminal: Optional["Terminal"] = None  # --pty: taken in connect(), the child's once started
 
     @property
     def finished(self) -> bool:
@@ -107,8 +119,9 @@ class ProcessFarEnd:
         info = self.info
         argv = (info.route.program,) + tuple(self.config.command[1:])
         try:
+            terminal, self.terminal = self.terminal, None  # spawn() owns it now, even if it fails
             self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish,
-                                                   watch_stderr=not self.config.passstderr)
+                                                   watch_stderr=not self.config.passstderr, terminal=terminal)
         except OSError as e:
             # On failure only: a missing #! interpreter is named, not just ENOENT.
             self.not_started = f"cannot start handler: {spawn_failure(info.route.program, e)}"
@@ -209,6 +222,8 @@ class ProcessFarEnd:
         finally:
             if child is not None:
                 await self.handlers.dispose(child)  # shielded: also when cancelled
+            if self.terminal is not None:  # never started
+                self.terminal.close()
             self.handlers.slots.give_back()
             self.outcome = process_outcome(child.status if child else None, self.too_long,
                                            self.not_started or ("" if child else "not started"),
