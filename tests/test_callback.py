@@ -26,7 +26,8 @@ from support.clients import collect, fetch, raw_http, response_head, upgrade_req
 from support.procfs import fd_count
 from support.servers import PY, ROOT, WsexecProcess, drain_output
 from support.waiting import readline_within, trio_test, wait_for, wait_until
-from wsexec.backends.callback import accept_headers, forwarded_headers, refusal, reply_message, api_target
+from wsexec.backends.callback import (accept_headers, api_target, forwarded_headers, header_text, refusal,
+                                     reply_message)
 from wsexec.config import EXIT_BAD_COMBINATION, EXIT_USAGE, Config, ConfigError, validate
 from wsexec.websocket import BINARY, TEXT
 
@@ -94,6 +95,16 @@ def test_refusal(status, answer, body, message, headers):
     assert (refused.status, refused.message, refused.headers) == (status, message, headers)
 
 
+@pytest.mark.parametrize("reason, field", [
+    ("bye", "bye"),
+    ("a\r\nX-Evil: 1", "a  X-Evil: 1"),
+    ("nul\0del\x7f", "nul del "),
+    ("é", "\xc3\xa9"),  # UTF-8 bytes, carried as latin-1 text
+])
+def test_header_text(reason, field):
+    assert header_text(reason) == field
+
+
 @pytest.mark.parametrize("content_type, body, kind", [
     ("text/plain; charset=utf-8", b"hi", TEXT),
     (None, b"hi", TEXT),
@@ -119,6 +130,8 @@ def test_reply_message(content_type, body, kind):
     (dict(callback="http://api/", dir="/tmp"), EXIT_BAD_COMBINATION, "--dir"),
     (dict(callback="http://api/", shared=True), EXIT_BAD_COMBINATION, "--shared"),
     (dict(callback="http://api/", binary=True), EXIT_BAD_COMBINATION, "--binary"),
+    (dict(callback="http://api/", framed=True), EXIT_BAD_COMBINATION, "--framed"),
+    (dict(callback="http://api/", passstderr=True), EXIT_BAD_COMBINATION, "--passstderr"),
     (dict(callback="http://api/", maxforks=3), EXIT_BAD_COMBINATION, "--maxforks"),
     (dict(callback="http://api/", closems=3), EXIT_BAD_COMBINATION, "--closems"),
     (dict(callback="http://api/", cwd="/tmp"), EXIT_BAD_COMBINATION, "--cwd"),
@@ -395,9 +408,13 @@ async def test_client_close_code_reaches_delete():
     with Api() as api, WsexecProcess("--callback", f"http://127.0.0.1:{api.port}/") as server:
         async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
             await ws.aclose(4321, "done here")
-        await wait_until(lambda: api.seen("DELETE"), 10, "the DELETE")
-        headers = api.seen("DELETE")[0][2]
-        assert (headers["websocket-close-code"], headers["websocket-close-reason"]) == ("4321", "done here")
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+            await ws.aclose(4000, "x\r\nSet-Cookie: evil")  # cannot add a field to the DELETE
+        await wait_until(lambda: len(api.seen("DELETE")) == 2, 10, "the DELETEs")
+        first, second = (d[2] for d in api.seen("DELETE"))
+        assert (first["websocket-close-code"], first["websocket-close-reason"]) == ("4321", "done here")
+        assert (second["websocket-close-code"], second["websocket-close-reason"]) == ("4000", "x  Set-Cookie: evil")
+        assert "set-cookie" not in second
 
 
 @trio_test(40)

@@ -15,6 +15,7 @@ from .log import FORMATS as LOG_FORMATS
 from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
+from .proc.launch import Limit, parse_limits
 from .proc.shebang import script_problem
 
 # Exit codes, as websocketd documents them.
@@ -51,6 +52,8 @@ class Config:
     port_defaulted: bool = False
     addresses: Tuple[str, ...] = ()  # empty: every interface, IPv4 and IPv6
     binary: bool = False
+    framed: bool = False  # a record per message both ways (wsexec/proc/framing.py)
+    passstderr: bool = False  # stdout and stderr lines to the client as JSON (websocketd's --passstderr)
     maxforks: int = 0  # 0: unlimited
     closems: int = 0
     passenv: Tuple[str, ...] = ("PATH", "LD_LIBRARY_PATH")
@@ -94,6 +97,15 @@ class Config:
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
     reuseport: bool = False  # SO_REUSEPORT: several wsexec processes on one address and port
     cwd: Optional[str] = None  # handlers' working directory: a directory, or "script" (each one's own)
+    # Handler controls (wsexec/proc/terminal.py, launch.py).
+    pty: bool = False  # stdin and stdout a raw pseudo-terminal
+    user: Optional[str] = None  # --user, --group: names or ids as given...
+    group: Optional[str] = None
+    rlimits: Tuple[str, ...] = ()  # --rlimit NAME=VALUE as given
+    run_as: Tuple[Optional[int], Optional[int]] = (None, None)  # ...as uid and gid, set by load()
+    limits: Tuple[Limit, ...] = ()  # --rlimit parsed, by load()
+    prlimit: str = ""  # prlimit's path, for --rlimit where the gate cannot be had (wsexec/proc/gate.py)
+    setpriv: str = ""  # setpriv's path, for --user and --group where the spawner thread cannot take them
     # --shared (wsexec/backends/shared.py): one process for many clients.
     shared: bool = False
     tagged: bool = False
@@ -267,7 +279,14 @@ def validate(config: Config) -> Config:
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
+    validate_modes(config)
     validate_callback(config)
+    try:
+        parse_limits(config.rlimits)
+    except ValueError as e:
+        raise ConfigError(str(e), EXIT_BAD_COMBINATION) from None
+    if config.pty and config.shared:
+        raise ConfigError("--pty gives each connection's handler a terminal: not with --shared", EXIT_BAD_COMBINATION)
     return config
 
 
@@ -299,14 +318,31 @@ def validate_callback(config: Config) -> None:
     given = [name for name, on in (
         ("COMMAND", config.command), ("--dir", config.dir), ("--shared", config.shared),
         ("--binary", config.binary), ("--tagged", config.tagged), ("--topics", config.topics),
+        ("--framed", config.framed), ("--passstderr", config.passstderr), ("--pty", config.pty),
     ) if on]
     if not config.cgidir:
         given += [name for name, on in (
             ("--maxforks", config.maxforks), ("--closems", config.closems), ("--cwd", config.cwd),
-            ("--env", config.env), ("--reverselookup", config.reverselookup),
+            ("--env", config.env), ("--reverselookup", config.reverselookup), ("--user", config.user),
+            ("--group", config.group), ("--rlimit", config.rlimits),
         ) if on]
     if given:
         raise ConfigError(f"--callback sends connections to an HTTP API, no process: not with {', '.join(given)}",
+                          EXIT_BAD_COMBINATION)
+
+
+def validate_modes(config: Config) -> None:
+    """--binary, --framed and --passstderr each say what stdout is: one at a time."""
+    if config.binary and config.passstderr:
+        # websocketd refuses it too: binary reads cannot be wrapped as JSON text
+        raise ConfigError("please give only one of --binary and --passstderr: binary output cannot be "
+                          "wrapped in JSON lines", EXIT_BAD_COMBINATION)
+    if config.framed and (config.binary or config.passstderr):
+        raise ConfigError("--framed carries text and binary messages itself: not with --binary or --passstderr",
+                          EXIT_BAD_COMBINATION)
+    if config.shared and (config.framed or config.passstderr):
+        raise ConfigError("--framed and --passstderr are per connection: not with --shared (a shared "
+                          "process's records and stderr could not say which client they are for)",
                           EXIT_BAD_COMBINATION)
 
 
@@ -353,6 +389,82 @@ def check_log_file(path: str) -> str:
     return absolute
 
 
+WRAPPER_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+def _identity(kind: str, name: str) -> int:
+    """A user's uid or a group's gid, by name or number; ConfigError if unknown."""
+    import grp
+    import pwd
+
+    try:
+        if name.isdigit():
+            return int(name)
+        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"--{kind} {name}: no such {kind}", EXIT_BAD_COMBINATION) from None
+
+
+def nr_open() -> Optional[int]:
+    """The kernel's ceiling for a descriptor limit, if it says."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def load_launcher(config: Config) -> dict:
+    """--user, --group, --rlimit: ids resolved, the limits checked against
+    what wsexec may grant, the wrappers found (wsexec/proc/launch.py)."""
+    if not (config.user or config.group or config.rlimits):
+        return {}
+    import resource
+
+    root = os.geteuid() == 0
+    if (config.user or config.group) and not root:
+        raise ConfigError(f"--user and --group need wsexec to run as root (it runs as uid {os.geteuid()})",
+                          EXIT_BAD_COMBINATION)
+    uid = _identity("user", config.user) if config.user else None
+    gid = _identity("group", config.group) if config.group else None
+    if config.user and gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid  # type: ignore[arg-type]
+        except KeyError:
+            raise ConfigError(f"--user {config.user}: no such user (give --group too)", EXIT_BAD_COMBINATION) from None
+    limits = parse_limits(config.rlimits)
+    if limits:
+        from .proc.gate import CAP_SYS_RESOURCE, capable
+
+        privileged = root and capable(CAP_SYS_RESOURCE)
+    for limit in limits:
+        if limit.name == "nofile":
+            ceiling = nr_open()
+            if ceiling is not None and (limit.hard == -1 or limit.hard > ceiling):
+                raise ConfigError(f"--rlimit nofile: at most {ceiling} (/proc/sys/fs/nr_open)", EXIT_BAD_COMBINATION)
+        own = resource.getrlimit(getattr(resource, f"RLIMIT_{limit.name.upper()}"))[1]
+        if own == resource.RLIM_INFINITY or -1 < limit.hard <= own:
+            continue
+        # Raising a hard limit takes CAP_SYS_RESOURCE; prlimit, where the gate cannot be had, runs as
+        # the handler's user (--user: taken before the exec), who may only lower one.
+        who = ("wsexec (not root)" if not root else f"--user {config.user}" if uid not in (None, 0)
+               else None if privileged else "wsexec (root without CAP_SYS_RESOURCE)")
+        if who:
+            raise ConfigError(f"--rlimit {limit.name}: {who} cannot raise the hard limit above wsexec's own, {own}",
+                              EXIT_BAD_COMBINATION)
+    tools = {}
+    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):  # fallbacks
+        if needed:
+            found = shutil.which(tool, path=WRAPPER_PATH)
+            if found is None:
+                raise ConfigError(f"{tool} (util-linux) not found in {WRAPPER_PATH}: needed by --user, --group or "
+                                  f"--rlimit", EXIT_BAD_COMMAND)
+            tools[tool] = found
+    return {"run_as": (uid, gid), "limits": limits, "prlimit": tools.get("prlimit", ""), "setpriv": tools.get("setpriv", "")}
+
+
 def load(config: Config) -> Config:
     """validate(), then what needs the file system: the handler found and
     executable (and its #! line, if any, naming an interpreter that is), the
@@ -381,6 +493,7 @@ def load(config: Config) -> Config:
         if not os.path.isdir(root):
             raise ConfigError(f"--cwd is not a directory: {config.cwd}", EXIT_BAD_COMMAND)
         resolved["cwd"] = root
+    resolved.update(load_launcher(config))
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
         problem = script_problem(program)

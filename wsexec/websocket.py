@@ -385,6 +385,12 @@ class WebSocket:
             return False
         return await self._send(b"".join([encode_frame(op, data) for op, data in messages]))
 
+    async def send_frames(self, data: bytes) -> bool:
+        """Data messages already encoded with encode_frame, in one write."""
+        if not self.open:
+            return False
+        return await self._send(data)
+
     async def ping(self) -> None:
         if self.open:
             await self._send(encode_frame(PING, b""))

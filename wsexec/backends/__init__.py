@@ -13,6 +13,7 @@ A far end's life, as the connection and the session drive it:
     far.deliver(messages)   client -> far end, as often as the client sends;
                             a call that blocks is the backpressure
     far.receive()           far end -> client; None once its output ended
+                            (messages, or Frames already encoded for the wire)
     far.close(ending)       always called, once the session has ended (also
                             when start failed or never ran); stops the far end
                             within its grace and says how it went (Outcome,
@@ -24,7 +25,7 @@ A far end's life, as the connection and the session drive it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 from ..http.request import HttpError, Request
 
@@ -33,6 +34,14 @@ if TYPE_CHECKING:
     from ..log import ConnectionLog
 
 Message = Tuple[int, bytes]  # (TEXT or BINARY, payload), as wsexec/websocket.py has them
+
+
+class Frames(NamedTuple):
+    """Messages already encoded as a server's frames (websocket.encode_frame):
+    a shared process encodes each line once for all of its clients."""
+
+    data: bytes
+    count: int  # how many messages
 
 # Why a session ended: set once, by whichever side finished first.
 CLIENT_CLOSED = "client-closed"  # the client sent a close frame (its code was echoed)
@@ -96,7 +105,7 @@ class FarEnd(Protocol):
         """Hand client messages over; False once the far end takes no more
         (the session then drops further client messages)."""
 
-    async def receive(self) -> Optional[Sequence[Message]]:
+    async def receive(self) -> Optional[Union[Sequence[Message], Frames]]:
         """The next messages for the client; None once its output ended."""
 
     async def close(self, ending: Ending) -> Outcome:

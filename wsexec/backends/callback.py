@@ -138,6 +138,13 @@ def reply_message(content_type: Optional[str], body: bytes) -> Message:
     return (TEXT if textual and is_utf8(body) else BINARY, body)
 
 
+def header_text(text: str) -> str:
+    """A client's text (a close reason) as a field value: its UTF-8 bytes,
+    control characters as spaces, so it cannot end the field (RFC 9110
+    section 5.5: no CR, LF or NUL)."""
+    return "".join(" " if c < " " or c == "\x7f" else c for c in text).encode("utf-8").decode("latin-1")
+
+
 def message_type(kind: int) -> str:
     return "text/plain; charset=utf-8" if kind == TEXT else "application/octet-stream"
 
@@ -229,7 +236,7 @@ class CallbackBackend:
     async def delete(self, far: "CallbackFarEnd", code: int, reason: str, limit: float) -> str:
         """The disconnect; its status for the DISCONNECT line (never raises)."""
         headers = (("Connection-Id", far.id), ("WebSocket-Close-Code", str(code)),
-                   ("WebSocket-Close-Reason", reason.encode("utf-8").decode("latin-1")), *self.own)
+                   ("WebSocket-Close-Reason", header_text(reason)), *self.own)
         try:
             with trio.fail_after(limit):
                 async with self.pool.request("DELETE", far.target, headers) as answer:
@@ -241,7 +248,7 @@ class CallbackBackend:
         except trio.TooSlowError:
             far.log.debug("API did not answer the DELETE in %.3fs", limit)  # the DISCONNECT line says so
             return "DELETE not answered in time"
-        except (Unreachable, CutShort) as e:
+        except (Unreachable, CutShort, h11.LocalProtocolError) as e:
             far.log.debug("DELETE failed: %s", e)  # the DISCONNECT line says so
             return "DELETE failed"
 
