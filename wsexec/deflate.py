@@ -165,7 +165,7 @@ class Deflate:
 
     def __init__(self, agreement: Agreement, min_size: int) -> None:
         self.agreement = agreement
-        self.min_size = min_size  # smaller messages go uncompressed (RSV1 clear)
+        self.min_size = min_size  # smaller messages go uncompressed (RSV1 clear); 0: every message compressed
         self._compressor = None
         self._inflater = None
 
@@ -185,8 +185,8 @@ class Deflate:
             if compressor is None:
                 compressor = SHARED[bits] = zlib.compressobj(6, zlib.DEFLATED, -bits, mem_level(bits))
             data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
-            if len(data) - 4 >= len(payload):
-                return None  # no context to keep in step: send the smaller form
+            if len(data) - 4 >= len(payload) and self.min_size:
+                return None  # no context to keep in step: send the smaller form (min_size 0: compress all)
         return data[:-4]
 
     def inflate(self, data: bytes, budget: int, last: bool) -> bytes:

@@ -239,6 +239,10 @@ class FrameReader:
         try:
             return self._feed(data)
         except ProtocolError as e:
+            # Kept without its traceback: its frames hold the payloads (an
+            # inflated megabyte), and the cycle through self would keep them
+            # until the garbage collector happens to run.
+            e.__context__ = e.__traceback__ = None
             self.error = e
             events, self._events = self._events, []
             return events
