@@ -13,6 +13,7 @@ import socket
 import statistics
 import sys
 import time
+import zlib
 from collections import Counter
 from typing import Callable, Optional, Union
 
@@ -178,6 +179,142 @@ async def s3_large(url: str, size: int, count: int) -> dict:
         close(t)
     return {"msgs": len(lat), "mibps": size * len(lat) / sum(lat) / 2**20,
             "p50": pct(lat, 50, 1e3)}
+
+
+# --- S2z, S3z: permessage-deflate (wsexec --compress against websocketd, which never accepts it)
+
+OFFER = "permessage-deflate; client_max_window_bits"  # what browsers offer
+
+
+def frame_bytes(payload: int, masked: bool) -> int:
+    """A frame's size on the wire (RFC 6455 section 5.2)."""
+    return payload + 2 + (4 if masked else 0) + (0 if payload < 126 else 2 if payload < 65536 else 8)
+
+
+class Deflating(Echo):
+    """Echo that offers permessage-deflate as a browser does: once accepted,
+    what it sends is compressed (context kept unless the server says
+    client_no_context_takeover) and RSV1 messages are inflated. Counts the
+    bytes of WebSocket frames both ways (`wire`), compressed or not."""
+
+    def __init__(self, request=None, response=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        answer = (response.headers.get("Sec-WebSocket-Extensions", "") if response is not None else "") or ""
+        params = dict(p.strip().partition("=")[::2] for p in answer.split(";")[1:])
+        self.on = answer.startswith("permessage-deflate")
+        self.bits = int(params.get("client_max_window_bits") or 15)
+        self.client_context = "client_no_context_takeover" not in params
+        self.server_context = "server_no_context_takeover" not in params
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, -self.bits)
+        self.inflater = zlib.decompressobj(-15)
+        self.parts: list[bytes] = []
+        self.compressed = False
+        self.wire = 0
+
+    def send_text(self, transport: WSTransport, payload: bytes) -> None:
+        if self.on:
+            if not self.client_context:
+                self.compressor = zlib.compressobj(6, zlib.DEFLATED, -self.bits)
+            data = (self.compressor.compress(payload) + self.compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+            transport.send(WSMsgType.TEXT, data, rsv1=True)
+        else:
+            data = payload
+            transport.send(WSMsgType.TEXT, data)
+        self.wire += frame_bytes(len(data), True)
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            return super().on_ws_frame(transport, frame)
+        self.wire += frame_bytes(frame.payload_size, False)
+        if frame.msg_type != WSMsgType.CONTINUATION:
+            self.compressed = bool(frame.rsv1)
+        self.parts.append(frame.get_payload_as_bytes())
+        if not frame.fin:
+            return
+        data, self.parts = b"".join(self.parts), []
+        if self.compressed:
+            if not self.server_context:
+                self.inflater = zlib.decompressobj(-15)
+            data = self.inflater.decompress(data + b"\x00\x00\xff\xff")
+        self.last_size = len(data)
+        self.total += self.last_size
+        self.got += 1
+        if self.waiter is not None and self.got >= self.want and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+async def connect_deflating(url: str) -> tuple[WSTransport, Deflating]:
+    transport, listener = await asyncio.wait_for(
+        ws_connect(Deflating, url, max_frame_size=MAX_FRAME, websocket_handshake_timeout=PATIENCE,
+                   extra_headers={"Sec-WebSocket-Extensions": OFFER}), PATIENCE)
+    return transport, listener
+
+
+def sensor_line(i: int) -> bytes:
+    """A JSON reading of the kind a sensor feed sends (~110 bytes)."""
+    return (f'{{"sensor":"kitchen/temp{i % 9}","value":{20 + (i * 37) % 1000 / 100:.2f},'
+            f'"ts":{1700000000 + i},"unit":"C","ok":true,"seq":{i}}}').encode()
+
+
+def log_text(size: int) -> bytes:
+    """`size` bytes of log-like text without a newline (the echo is by line)."""
+    import random
+    rnd, words, out, n = random.Random(1), ["GET", "POST", "/api/items", "/static/app.js", "200", "304", "404"], [], 0
+    while n < size:
+        piece = (f'{{"t":{1700000000 + rnd.randrange(10**5)},"ip":"10.0.{rnd.randrange(256)}.{rnd.randrange(256)}",'
+                 f'"req":"{rnd.choice(words)} {rnd.choice(words)}","ms":{rnd.randrange(2000)}}} ')
+        out.append(piece)
+        n += len(piece)
+    return "".join(out).encode()[:size]
+
+
+async def _deflate_loop(t: WSTransport, e: Deflating, deadline: float, cap: int, lat: list[float]) -> None:
+    for i in range(cap):
+        if time.perf_counter() >= deadline:
+            break
+        start = time.perf_counter()
+        payload = sensor_line(i)
+        e.send_text(t, payload)
+        await e.wait_for_count(e.got + 1, PATIENCE)
+        if e.last_size != len(payload):
+            raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
+        lat.append(time.perf_counter() - start)
+
+
+async def s2z_deflate(url: str, conns: int, duration: float, cap: int) -> dict:
+    """S2 with JSON sensor lines and permessage-deflate offered; bytes of
+    frames on the wire per round trip (both ways)."""
+    pairs = await asyncio.gather(*(connect_deflating(url) for _ in range(conns)))
+    lat: list[float] = []
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(_deflate_loop(t, e, start + duration, cap, lat) for t, e in pairs))
+    finally:
+        for t, _ in pairs:
+            close(t)
+    elapsed = time.perf_counter() - start
+    wire = sum(e.wire for _, e in pairs)
+    return {"msgs": len(lat), "rate": len(lat) / elapsed, "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6),
+            "wire": wire / max(1, len(lat)), "accepted": sum(e.on for _, e in pairs)}
+
+
+async def s3z_deflate(url: str, size: int, count: int) -> dict:
+    """S3 with `size` bytes of log-like text and permessage-deflate offered."""
+    payload = log_text(size)
+    t, e = await connect_deflating(url)
+    lat: list[float] = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            e.send_text(t, payload)
+            await e.wait_for_count(e.got + 1, PATIENCE)
+            if e.last_size != len(payload):
+                raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
+            lat.append(time.perf_counter() - start)
+    finally:
+        close(t)
+    return {"msgs": len(lat), "mibps": size * len(lat) / sum(lat) / 2**20, "p50": pct(lat, 50, 1e3),
+            "wire": e.wire / max(1, len(lat)), "accepted": int(e.on)}
 
 
 async def _one_session(url: str) -> float:

