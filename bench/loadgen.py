@@ -152,19 +152,25 @@ async def s1_single(url: str, duration: float, cap: int) -> dict:
             "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
 
 
-async def s2_concurrent(url: str, conns: int, duration: float, cap: int) -> dict:
-    """`conns` connections, each doing 32-byte round trips back to back."""
-    pairs = await asyncio.gather(*(connect(url) for _ in range(conns)))
+async def s2_concurrent(url: str, conns: int, duration: float, cap: int, deflate: bool = False) -> dict:
+    """`conns` connections, each doing 32-byte round trips back to back
+    (deflate, S2z: JSON lines with permessage-deflate offered, and the bytes
+    of frames on the wire per round trip)."""
+    pairs = await asyncio.gather(*((connect_deflating if deflate else connect)(url) for _ in range(conns)))
     lat: list[float] = []
     start = time.perf_counter()
+    loop = _deflate_loop if deflate else _echo_loop
     try:
-        await asyncio.gather(*(_echo_loop(t, e, start + duration, cap, lat) for t, e in pairs))
+        await asyncio.gather(*(loop(t, e, start + duration, cap, lat) for t, e in pairs))  # type: ignore[operator]
     finally:
         for t, _ in pairs:
             close(t)
     elapsed = time.perf_counter() - start
-    return {"msgs": len(lat), "rate": len(lat) / elapsed,
-            "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
+    figures = {"msgs": len(lat), "rate": len(lat) / elapsed, "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
+    if deflate:
+        figures["wire"] = sum(e.wire for _, e in pairs) / max(1, len(lat))  # type: ignore[attr-defined]
+        figures["accepted"] = sum(e.on for _, e in pairs)  # type: ignore[attr-defined]
+    return figures
 
 
 async def s3_large(url: str, size: int, count: int) -> dict:
@@ -279,23 +285,6 @@ async def _deflate_loop(t: WSTransport, e: Deflating, deadline: float, cap: int,
         if e.last_size != len(payload):
             raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
         lat.append(time.perf_counter() - start)
-
-
-async def s2z_deflate(url: str, conns: int, duration: float, cap: int) -> dict:
-    """S2 with JSON sensor lines and permessage-deflate offered; bytes of
-    frames on the wire per round trip (both ways)."""
-    pairs = await asyncio.gather(*(connect_deflating(url) for _ in range(conns)))
-    lat: list[float] = []
-    start = time.perf_counter()
-    try:
-        await asyncio.gather(*(_deflate_loop(t, e, start + duration, cap, lat) for t, e in pairs))
-    finally:
-        for t, _ in pairs:
-            close(t)
-    elapsed = time.perf_counter() - start
-    wire = sum(e.wire for _, e in pairs)
-    return {"msgs": len(lat), "rate": len(lat) / elapsed, "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6),
-            "wire": wire / max(1, len(lat)), "accepted": sum(e.on for _, e in pairs)}
 
 
 async def s3z_deflate(url: str, size: int, count: int) -> dict:

@@ -347,7 +347,7 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
                  ceiling=60, stall_word="stalled"),
         # permessage-deflate: wsexec --compress; websocketd never accepts it, so it sends as is.
         Scenario("S2z", "S2 with 110 B JSON lines, permessage-deflate offered",
-                 lambda url, _, __: lg.s2z_deflate(url, 100, dur, cap),
+                 lambda url, _, __: lg.s2_concurrent(url, 100, dur, cap, deflate=True),
                  list(lat) + [Figure("wire", "bytes on the wire per round trip", "lower"),
                               Figure("accepted", "connections compressed", "higher")],
                  ceiling=dur + 60, per_op="msgs", flags=("--compress",)),
