@@ -201,9 +201,7 @@ class Deflate:
         if inflater is None:
             inflater = self._inflater = zlib.decompressobj(-self.agreement.client_bits)
         try:
-            out = inflater.decompress(data, budget + 1) if data else b""
-            if last and len(out) <= budget:
-                out += inflater.decompress(SYNC_TAIL, budget + 1 - len(out))
+            out = inflater.decompress(data + SYNC_TAIL if last else data, budget + 1)
         except zlib.error as e:
             raise ValueError(str(e)) from None
         if last or len(out) > budget:
