@@ -274,17 +274,21 @@ def log_text(size: int) -> bytes:
     return "".join(out).encode()[:size]
 
 
+async def deflate_trip(t: WSTransport, e: Deflating, payload: bytes) -> float:
+    """round_trip() with permessage-deflate when the server accepted it."""
+    start = time.perf_counter()
+    e.send_text(t, payload)
+    await e.wait_for_count(e.got + 1, PATIENCE)
+    if e.last_size != len(payload):
+        raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
+    return time.perf_counter() - start
+
+
 async def _deflate_loop(t: WSTransport, e: Deflating, deadline: float, cap: int, lat: list[float]) -> None:
     for i in range(cap):
         if time.perf_counter() >= deadline:
             break
-        start = time.perf_counter()
-        payload = sensor_line(i)
-        e.send_text(t, payload)
-        await e.wait_for_count(e.got + 1, PATIENCE)
-        if e.last_size != len(payload):
-            raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
-        lat.append(time.perf_counter() - start)
+        lat.append(await deflate_trip(t, e, sensor_line(i)))
 
 
 async def s3z_deflate(url: str, size: int, count: int) -> dict:
@@ -294,12 +298,7 @@ async def s3z_deflate(url: str, size: int, count: int) -> dict:
     lat: list[float] = []
     try:
         for _ in range(count):
-            start = time.perf_counter()
-            e.send_text(t, payload)
-            await e.wait_for_count(e.got + 1, PATIENCE)
-            if e.last_size != len(payload):
-                raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
-            lat.append(time.perf_counter() - start)
+            lat.append(await deflate_trip(t, e, payload))
     finally:
         close(t)
     return {"msgs": len(lat), "mibps": size * len(lat) / sum(lat) / 2**20, "p50": pct(lat, 50, 1e3),
@@ -358,16 +357,25 @@ async def _paced(n: int, rate: float, make, tasks: Optional[list] = None) -> lis
 
 
 async def s5_held(url: str, n: int, rate: float,
-                  sample: Callable[[int], dict[str, float]]) -> dict:
+                  sample: Callable[[int], dict[str, float]], deflate: bool = False) -> dict:
     """Open n connections at `rate`/s and hold them; sample() the server while
-    all are held; then one echo each (also paced), then close all."""
-    opened = await _paced(n, rate, lambda i: connect(url))
+    all are held; then one echo each (also paced), then close all.
+    deflate (S5z): permessage-deflate offered, and the echo (4 KiB of log
+    text, which fills a small window) comes first, since compression state is
+    made on first use; then the sample."""
+    opened = await _paced(n, rate, lambda i: (connect_deflating if deflate else connect)(url))
     pairs = [p for p in opened if not isinstance(p, BaseException)]
     try:
         await asyncio.sleep(1.0)  # let the server finish spawning before measuring
-        figures = sample(len(pairs))
-        lat = await _paced(len(pairs), rate,
-                           lambda i: round_trip(*pairs[i], msg32(), PATIENCE))
+        if deflate:
+            text = log_text(4096)
+            lat = await _paced(len(pairs), rate, lambda i: deflate_trip(*pairs[i], text))  # type: ignore[arg-type]
+            await asyncio.sleep(1.0)
+            figures = sample(len(pairs))
+        else:
+            figures = sample(len(pairs))
+            lat = await _paced(len(pairs), rate,
+                               lambda i: round_trip(*pairs[i], msg32(), PATIENCE))
         ok = [x for x in lat if isinstance(x, float)]
     finally:
         for t, _ in pairs:

@@ -320,17 +320,19 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
     big = [Figure("mibps", "MiB/s one way", "higher", "{:.1f}"),
            Figure("p50", "p50 ms", "lower", "{:.2f}")]
 
-    def s5(n: int) -> Scenario:
+    def s5(n: int, deflate: bool = False) -> Scenario:
         return Scenario(
-            f"S5{'ab'[n == held[1]]}", f"{n:,} held (opened {rate:.0f}/s, then one echo each)",
-            lambda url, sample, _: lg.s5_held(url, n, rate, sample),
+            "S5z" if deflate else f"S5{'ab'[n == held[1]]}",
+            f"{n:,} held (opened {rate:.0f}/s, then one echo each)" if not deflate else
+            f"{n:,} held, permessage-deflate offered, one 4 KiB compressed echo each before measuring",
+            lambda url, sample, _: lg.s5_held(url, n, rate, sample, deflate),
             [Figure("opened", "connections opened", "higher"),
              Figure("ok", "first echoes answered", "higher"),
              Figure("p99", "first-echo p99 ms", "lower", "{:.1f}"),
              Figure("rss_per", "server RSS KiB/conn", "lower", "{:.1f}"),
              Figure("pss_per", "tree PSS KiB/conn", "lower", "{:.1f}"),
              Figure("fds_per", "server fds/conn", "lower", "{:.2f}")],
-            ceiling=2 * n / rate + 90, settle=30.0)
+            ceiling=2 * n / rate + 90, settle=30.0, flags=("--compress",) if deflate else ())
 
     return [
         Scenario("S1", "1 connection, 32 B round trips",
@@ -363,6 +365,7 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
                  ceiling=dur + 60, per_op="conns", op="conn"),
         s5(held[0]),
         s5(held[1]),
+        s5(held[1], deflate=True),
         Scenario("S6", "1 connection, 1,000 pipelined",
                  lambda url, _, __: lg.s6_pipelined(url, 1000, dur, cap),
                  [Figure("rate", "messages/s", "higher")],
