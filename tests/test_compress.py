@@ -258,11 +258,16 @@ def websockets_echo(url: str, messages, ssl_context=None, **kw):  # type: ignore
 TEXTS = ["short", json.dumps({"items": list(range(300))}), "é" * 5000]
 
 
-def test_websockets_client_text_mode() -> None:
-    with WsexecProcess("--compress", "cat") as server:
-        answer, replies = websockets_echo(server.url + "/", TEXTS)
-    assert answer == f"{PMD}; server_max_window_bits=10; client_max_window_bits=10"
-    assert replies == TEXTS
+@pytest.mark.parametrize("window, answer", [
+    ("10", f"{PMD}; server_max_window_bits=10; client_max_window_bits=10"),
+    ("0", f"{PMD}; server_no_context_takeover; client_no_context_takeover"),
+    ("15", f"{PMD}; client_max_window_bits=15"),
+])
+def test_websockets_client_text_mode(window: str, answer: str) -> None:
+    with WsexecProcess("--compress", "--compresswindow", window, "cat") as server:
+        got, replies = websockets_echo(server.url + "/", TEXTS * 3)
+    assert got == answer
+    assert replies == TEXTS * 3
 
 
 def test_websockets_client_binary_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
