@@ -20,7 +20,6 @@ from support.clients import client_frame, raw_upgrade, read_server_frames
 from support.procfs import proc_status
 from support.servers import WsexecProcess, drain_output, make_config, script, serving
 from support.waiting import trio_test
-from test_autobahn import ECHO_ONE_READ
 from wsexec.config import Config, ConfigError, validate
 from wsexec.deflate import Deflate, negotiate, parse_offers
 from wsexec.websocket import BINARY, INVALID_DATA, PROTOCOL_ERROR, TEXT, TOO_BIG, FrameReader
@@ -268,6 +267,16 @@ def test_websockets_client_text_mode(window: str, answer: str) -> None:
         got, replies = websockets_echo(server.url + "/", TEXTS * 3)
     assert got == answer
     assert replies == TEXTS * 3
+
+
+ECHO_ONE_READ = """
+import os
+while True:
+    data = os.read(0, 1 << 20)
+    if not data:
+        break
+    os.write(1, data)
+"""
 
 
 def test_websockets_client_binary_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -617,7 +617,7 @@ def test_subprotocol_must_be_a_token():
     assert result.returncode == 2 and b"--subprotocol must be a token" in result.stderr
 
 
-@trio_test(10)
+@trio_test(15)
 async def test_pings_keep_an_answering_client_and_drop_a_silent_one(tmp_path):
     handler = script(tmp_path, "pid.py", "import os, sys\nprint(os.getpid(), flush=True)\nsys.stdin.read()\n")
     async with serving(make_config(handler, pingms=100)) as (state, url):
@@ -632,10 +632,13 @@ async def test_pings_keep_an_answering_client_and_drop_a_silent_one(tmp_path):
         received = await raw_http(port, upgrade_request())
         elapsed = trio.current_time() - start
         assert b"\x89\x00" in received  # it was pinged (an empty ping frame)
-        assert 0.2 <= elapsed < 2
-        frames = received.split(b"\r\n\r\n", 1)[1]
-        assert frames[0] == 0x81  # the handler's first line, a text frame
-        pid = int(frames[2 : 2 + frames[1]])
+        assert 0.2 <= elapsed < 5
+        data, frames = received.split(b"\r\n\r\n", 1)[1], []
+        while data:  # short unmasked frames: pings, the handler's line, the close
+            frames.append((data[0], data[2 : 2 + data[1]]))
+            data = data[2 + data[1]:]
+        # the handler's first line, a text frame (a ping may come first on a busy machine)
+        pid = int(next(payload for opcode, payload in frames if opcode == 0x81))
         await wait_gone(pid, timeout=3)
 
 

@@ -222,3 +222,36 @@ async def test_a_working_directory_is_set_by_the_c_library_and_refused_inline(tm
         theirs.close()
         os.close(err_read)
         os.close(err_write)
+
+
+@pytest.mark.parametrize("threaded", MODES)
+@trio_test(10)
+async def test_a_terminal_becomes_stdin_stdout_and_the_controlling_terminal(threaded):
+    """--pty: the handler leads a new session (so its own process group) and
+    the terminal, opened by path after setsid, is its controlling terminal."""
+    from wsexec.proc.terminal import Terminal
+
+    spawner = Spawner(use_thread=threaded)
+    terminal = Terminal.open()
+    err_read, err_write = os.pipe()
+    check = ('import os; print(os.getsid(0) == os.getpid() == os.getpgrp() == os.tcgetpgrp(0), '
+             'os.ttyname(0) == os.ttyname(1), os.isatty(2))')
+    try:
+        pid = await spawner.spawn([shutil.which("python3"), "-c", check], {}, -1, err_write, None, terminal.path)
+        terminal.spawned()
+        out = b""
+        with trio.fail_after(5):
+            while True:
+                chunk = await terminal.receive_some()
+                if not chunk:
+                    break  # EIO: the handler's copies are all closed
+                out += chunk
+        assert out == b"True True False\n"  # raw mode: no CR added
+        with trio.fail_after(5):
+            while os.waitpid(pid, os.WNOHANG)[0] == 0:
+                await trio.sleep(0.01)
+    finally:
+        spawner.close()
+        terminal.close()
+        os.close(err_read)
+        os.close(err_write)

@@ -60,6 +60,8 @@ def split_list(value: str) -> tuple:
 @click.option("--address", multiple=True, metavar="HOST", help="Interface to listen on; repeat for several. Default: every interface, IPv4 and IPv6.")
 @click.option("--dir", "dir_", type=click.Path(file_okay=False), help="Serve every executable in DIR by URL path instead of one COMMAND.")
 @click.option("--binary", is_flag=True, help="Binary mode: stdout bytes go out as binary messages as read; client messages go to stdin raw.")
+@click.option("--framed", is_flag=True, help="Framed mode: every message, text or binary, is one record 'TYPE LENGTH\\n' + payload + '\\n' both ways (TYPE t, b; c closes).")
+@click.option("--passstderr", is_flag=True, help="Send stdout and stderr lines to the client as JSON text messages {\"stream\":\"stdout\"|\"stderr\",\"data\":...} (websocketd's); stderr is still logged.")
 @click.option("--maxforks", type=int, default=0, show_default=True, help="Most handlers (WebSocket and CGI) running at once; beyond it, answer HTTP 429. 0: no limit.")
 @click.option("--closems", type=int, default=0, show_default=True, help="Extra milliseconds before the SIGINT/SIGTERM/SIGKILL ladder starts when a connection ends.")
 @click.option("--passenv", default="PATH,LD_LIBRARY_PATH", show_default=True, help="Comma-separated variables of wsexec's environment passed to handlers.")
@@ -95,6 +97,8 @@ def command(
     address: Sequence[str],
     dir_: Optional[str],
     binary: bool,
+    framed: bool,
+    passstderr: bool,
     maxforks: int,
     closems: int,
     passenv: str,
@@ -133,6 +137,8 @@ def command(
         port_defaulted=click.get_current_context().get_parameter_source("port") == ParameterSource.DEFAULT,
         addresses=tuple(address),
         binary=binary,
+        framed=framed,
+        passstderr=passstderr,
         maxforks=maxforks,
         closems=closems,
         passenv=passenv_names,

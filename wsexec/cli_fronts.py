@@ -62,7 +62,14 @@ OPTIONS = [
     click.option("--lingerms", type=int, default=0, show_default=True, help="With --shared: milliseconds the process runs on after its last client left."),
     click.option("--sharedqueue", type=Size(), default="64K", show_default=True, help="With --shared: most output bytes waiting for one client; while a client's queue is full the process's output is not read."),
     click.option("--sharedstallms", type=int, default=500, show_default=True, help="With --shared: a client whose queue stays full this long is closed (1008), so the others go on."),
+    click.option("--callback", metavar="URL", help="In place of COMMAND: each connection's events as HTTP requests to URL (http:// or https://, the client's path and query appended): GET before the upgrade (2xx accepts, any other status refuses), POST per client message (a 2xx body is the reply), DELETE at the end."),
+    click.option("--callback-concurrency", type=int, default=100, show_default=True, help="With --callback: most requests to the API in flight at once, over at most this many kept-alive connections."),
+    click.option("--callbacktimeoutms", type=int, default=29_000, show_default=True, help="With --callback: milliseconds a request to the API may take (waiting for a pooled connection included); then 504 at connect, 1011 for a message."),
     click.option("--cwd", metavar="DIR", help="Run handlers and CGI scripts in DIR ('script': each in its own file's directory, as Apache runs CGI scripts). Default: wsexec's working directory."),
+    click.option("--pty", is_flag=True, help="Give each WebSocket handler a pseudo-terminal in raw mode as stdin and stdout, so programs that buffer output when it is not a terminal (python, grep, tr, awk, sed, perl) send every line at once. stderr stays a pipe to the log. When the connection ends the terminal is hung up (SIGHUP, then the usual ladder). None left: HTTP 503."),
+    click.option("--user", metavar="NAME", help="Run handlers and CGI scripts as this user (a name or uid), in its group unless --group is given, without supplementary groups. wsexec must run as root."),
+    click.option("--group", metavar="NAME", help="Run handlers and CGI scripts in this group (a name or gid), without supplementary groups. wsexec must run as root."),
+    click.option("--rlimit", "rlimits", multiple=True, metavar="NAME=VALUE", help="A resource limit for handlers and CGI scripts, set before they start: cpu (seconds; SIGXCPU, SIGKILL a second later), as, data, fsize, core (bytes, K/M/G allowed), nofile, nproc; VALUE is SOFT or SOFT:HARD, or unlimited. Repeatable."),
     click.option("--reuseport", is_flag=True, help="Let several wsexec processes listen on the same address and port (SO_REUSEPORT); the kernel spreads connections among them."),
     click.option("--control", metavar="ADDRESS", help="Serve the control API (list, push to, close connections by id; /metrics, /healthz, /readyz) on unix:PATH or HOST:PORT, never the public port. A TCP address must be loopback unless --control-token is given."),
     click.option("--control-mode", type=OctalMode(), default="600", show_default=True, help="Permissions of a unix:PATH --control socket, octal."),
@@ -83,6 +90,7 @@ def front_settings(values: Dict[str, Any]) -> Dict[str, Any]:
     (LISTEN_FDS / LISTEN_PID, read once here at start-up)."""
     settings = dict(values)
     settings["trusted_proxies"] = tuple(settings.get("trusted_proxies", ()))
+    settings["rlimits"] = tuple(settings.get("rlimits", ()))
     settings["listen_fds"] = activated_fds(os.environ, os.getpid())
     forget_activation(os.environ)  # type: ignore[arg-type]
     return settings

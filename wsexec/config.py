@@ -8,12 +8,14 @@ import re
 import shutil
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 from .http.syntax import is_token
 from .log import FORMATS as LOG_FORMATS
 from .log import STREAMS, open_file
 from .net.proxy import parse_trust
 from .net.tls import make_context
+from .proc.launch import Limit, parse_limits
 from .proc.shebang import script_problem
 
 # Exit codes, as websocketd documents them.
@@ -50,6 +52,8 @@ class Config:
     port_defaulted: bool = False
     addresses: Tuple[str, ...] = ()  # empty: every interface, IPv4 and IPv6
     binary: bool = False
+    framed: bool = False  # a record per message both ways (wsexec/proc/framing.py)
+    passstderr: bool = False  # stdout and stderr lines to the client as JSON (websocketd's --passstderr)
     maxforks: int = 0  # 0: unlimited
     closems: int = 0
     passenv: Tuple[str, ...] = ("PATH", "LD_LIBRARY_PATH")
@@ -100,6 +104,15 @@ class Config:
     listen_fds: Tuple[int, ...] = ()  # inherited by systemd socket activation (read at start-up)
     reuseport: bool = False  # SO_REUSEPORT: several wsexec processes on one address and port
     cwd: Optional[str] = None  # handlers' working directory: a directory, or "script" (each one's own)
+    # Handler controls (wsexec/proc/terminal.py, launch.py).
+    pty: bool = False  # stdin and stdout a raw pseudo-terminal
+    user: Optional[str] = None  # --user, --group: names or ids as given...
+    group: Optional[str] = None
+    rlimits: Tuple[str, ...] = ()  # --rlimit NAME=VALUE as given
+    run_as: Tuple[Optional[int], Optional[int]] = (None, None)  # ...as uid and gid, set by load()
+    limits: Tuple[Limit, ...] = ()  # --rlimit parsed, by load()
+    prlimit: str = ""  # prlimit's path, for --rlimit where the gate cannot be had (wsexec/proc/gate.py)
+    setpriv: str = ""  # setpriv's path, for --user and --group where the spawner thread cannot take them
     # --shared (wsexec/backends/shared.py): one process for many clients.
     shared: bool = False
     tagged: bool = False
@@ -113,11 +126,15 @@ class Config:
     control_token: Optional[str] = None
     pushtimeoutms: int = 5_000  # most a push waits for a client that does not read
     drainms: int = 0  # on SIGTERM: /readyz says 503 and clients are still accepted this long
+    # --callback (wsexec/backends/callback.py): each connection's events as HTTP requests to an API.
+    callback: Optional[str] = None  # http:// or https:// URL, in place of COMMAND
+    callback_concurrency: int = 100  # most requests to the API in flight (and pooled connections)
+    callbacktimeoutms: int = 29_000  # each request's whole time (AWS API Gateway's 29 s)
 
     @property
     def has_handler(self) -> bool:
-        """Whether WebSocket upgrades run anything (else the site alone is served)."""
-        return bool(self.command or self.dir)
+        """Whether WebSocket upgrades go anywhere (else the site alone is served)."""
+        return bool(self.command or self.dir or self.callback)
 
     @property
     def inbound_limit(self) -> int:
@@ -221,11 +238,11 @@ def validate_control(config: Config) -> None:
 def validate(config: Config) -> Config:
     """Check the combination of options, without touching any file; raises
     ConfigError. load() then does the checks that need the file system."""
-    has_handler = bool(config.dir or config.command)
+    has_handler = config.has_handler
     if config.dir and config.command:
         raise ConfigError("give either --dir or a COMMAND, not both", EXIT_BAD_COMBINATION)
     if not has_handler and not (config.staticdir or config.cgidir):
-        raise ConfigError("missing COMMAND (or --dir, or a site to serve with --staticdir or --cgidir)", EXIT_USAGE)
+        raise ConfigError("missing COMMAND (or --dir, --callback, or a site to serve with --staticdir or --cgidir)", EXIT_USAGE)
     if config.devconsole and not has_handler:
         raise ConfigError("--devconsole tries a WebSocket handler: give COMMAND or --dir", EXIT_BAD_COMBINATION)
     if config.origins and config.sameorigin:
@@ -258,6 +275,8 @@ def validate(config: Config) -> Config:
         ("--sharedstallms", config.sharedstallms, 1),
         ("--maxframesize", config.maxframesize or 0, 0),
         ("--compressmin", config.compressmin, 0),
+        ("--callback-concurrency", config.callback_concurrency, 1),
+        ("--callbacktimeoutms", config.callbacktimeoutms, 1),
     ):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}", EXIT_USAGE)
@@ -275,6 +294,14 @@ def validate(config: Config) -> Config:
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
+    validate_modes(config)
+    validate_callback(config)
+    try:
+        parse_limits(config.rlimits)
+    except ValueError as e:
+        raise ConfigError(str(e), EXIT_BAD_COMBINATION) from None
+    if config.pty and config.shared:
+        raise ConfigError("--pty gives each connection's handler a terminal: not with --shared", EXIT_BAD_COMBINATION)
     return config
 
 
@@ -288,9 +315,68 @@ def validate_engine(config: Config) -> None:
         raise ConfigError("--maxframesize 0 streams each message to its handler: not with --shared, where "
                           "one client's unfinished message would hold up every other client's input",
                           EXIT_BAD_COMBINATION)
+    if config.maxframesize == 0 and (config.framed or config.callback):
+        # A --framed record starts with the message's length, and --callback
+        # POSTs each message whole: neither can take a message in pieces.
+        raise ConfigError("--maxframesize 0 streams each message in pieces: not with --framed or --callback, "
+                          "which hand each message over whole", EXIT_BAD_COMBINATION)
     if config.maxframesize == 0 and config.compress:
         raise ConfigError("--maxframesize 0 with --compress would let a small compressed frame inflate without "
                           "bound: give --maxframesize a limit", EXIT_BAD_COMBINATION)
+def callback_problem(url: str) -> str:
+    """Why a --callback URL cannot be used ('' if it can)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as e:
+        return f"not a URL: {e}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "needs a host"
+    if parts.fragment or any(c.isspace() or not 32 < ord(c) < 127 for c in url):
+        return "may not hold a #fragment, spaces, control or non-ASCII characters (percent-encode them)"
+    return ""
+
+
+def validate_callback(config: Config) -> None:
+    """--callback replaces COMMAND, and takes no option that only means
+    something for processes (--cgidir scripts are processes, so with --cgidir
+    the process options are still theirs)."""
+    if config.callback is None:
+        return
+    problem = callback_problem(config.callback)
+    if problem:
+        raise ConfigError(f"--callback {config.callback}: {problem}", EXIT_USAGE)
+    given = [name for name, on in (
+        ("COMMAND", config.command), ("--dir", config.dir), ("--shared", config.shared),
+        ("--binary", config.binary), ("--tagged", config.tagged), ("--topics", config.topics),
+        ("--framed", config.framed), ("--passstderr", config.passstderr), ("--pty", config.pty),
+    ) if on]
+    if not config.cgidir:
+        given += [name for name, on in (
+            ("--maxforks", config.maxforks), ("--closems", config.closems), ("--cwd", config.cwd),
+            ("--env", config.env), ("--reverselookup", config.reverselookup), ("--user", config.user),
+            ("--group", config.group), ("--rlimit", config.rlimits),
+        ) if on]
+    if given:
+        raise ConfigError(f"--callback sends connections to an HTTP API, no process: not with {', '.join(given)}",
+                          EXIT_BAD_COMBINATION)
+
+
+def validate_modes(config: Config) -> None:
+    """--binary, --framed and --passstderr each say what stdout is: one at a time."""
+    if config.binary and config.passstderr:
+        # websocketd refuses it too: binary reads cannot be wrapped as JSON text
+        raise ConfigError("please give only one of --binary and --passstderr: binary output cannot be "
+                          "wrapped in JSON lines", EXIT_BAD_COMBINATION)
+    if config.framed and (config.binary or config.passstderr):
+        raise ConfigError("--framed carries text and binary messages itself: not with --binary or --passstderr",
+                          EXIT_BAD_COMBINATION)
+    if config.shared and (config.framed or config.passstderr):
+        raise ConfigError("--framed and --passstderr are per connection: not with --shared (a shared "
+                          "process's records and stderr could not say which client they are for)",
+                          EXIT_BAD_COMBINATION)
 
 
 def validate_shared(config: Config) -> None:
@@ -336,6 +422,82 @@ def check_log_file(path: str) -> str:
     return absolute
 
 
+WRAPPER_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+def _identity(kind: str, name: str) -> int:
+    """A user's uid or a group's gid, by name or number; ConfigError if unknown."""
+    import grp
+    import pwd
+
+    try:
+        if name.isdigit():
+            return int(name)
+        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"--{kind} {name}: no such {kind}", EXIT_BAD_COMBINATION) from None
+
+
+def nr_open() -> Optional[int]:
+    """The kernel's ceiling for a descriptor limit, if it says."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def load_launcher(config: Config) -> dict:
+    """--user, --group, --rlimit: ids resolved, the limits checked against
+    what wsexec may grant, the wrappers found (wsexec/proc/launch.py)."""
+    if not (config.user or config.group or config.rlimits):
+        return {}
+    import resource
+
+    root = os.geteuid() == 0
+    if (config.user or config.group) and not root:
+        raise ConfigError(f"--user and --group need wsexec to run as root (it runs as uid {os.geteuid()})",
+                          EXIT_BAD_COMBINATION)
+    uid = _identity("user", config.user) if config.user else None
+    gid = _identity("group", config.group) if config.group else None
+    if config.user and gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid  # type: ignore[arg-type]
+        except KeyError:
+            raise ConfigError(f"--user {config.user}: no such user (give --group too)", EXIT_BAD_COMBINATION) from None
+    limits = parse_limits(config.rlimits)
+    if limits:
+        from .proc.gate import CAP_SYS_RESOURCE, capable
+
+        privileged = root and capable(CAP_SYS_RESOURCE)
+    for limit in limits:
+        if limit.name == "nofile":
+            ceiling = nr_open()
+            if ceiling is not None and (limit.hard == -1 or limit.hard > ceiling):
+                raise ConfigError(f"--rlimit nofile: at most {ceiling} (/proc/sys/fs/nr_open)", EXIT_BAD_COMBINATION)
+        own = resource.getrlimit(getattr(resource, f"RLIMIT_{limit.name.upper()}"))[1]
+        if own == resource.RLIM_INFINITY or -1 < limit.hard <= own:
+            continue
+        # Raising a hard limit takes CAP_SYS_RESOURCE; prlimit, where the gate cannot be had, runs as
+        # the handler's user (--user: taken before the exec), who may only lower one.
+        who = ("wsexec (not root)" if not root else f"--user {config.user}" if uid not in (None, 0)
+               else None if privileged else "wsexec (root without CAP_SYS_RESOURCE)")
+        if who:
+            raise ConfigError(f"--rlimit {limit.name}: {who} cannot raise the hard limit above wsexec's own, {own}",
+                              EXIT_BAD_COMBINATION)
+    tools = {}
+    for tool, needed in (("prlimit", limits), ("setpriv", uid is not None or gid is not None)):  # fallbacks
+        if needed:
+            found = shutil.which(tool, path=WRAPPER_PATH)
+            if found is None:
+                raise ConfigError(f"{tool} (util-linux) not found in {WRAPPER_PATH}: needed by --user, --group or "
+                                  f"--rlimit", EXIT_BAD_COMMAND)
+            tools[tool] = found
+    return {"run_as": (uid, gid), "limits": limits, "prlimit": tools.get("prlimit", ""), "setpriv": tools.get("setpriv", "")}
+
+
 def load(config: Config) -> Config:
     """validate(), then what needs the file system: the handler found and
     executable (and its #! line, if any, naming an interpreter that is), the
@@ -364,6 +526,7 @@ def load(config: Config) -> Config:
         if not os.path.isdir(root):
             raise ConfigError(f"--cwd is not a directory: {config.cwd}", EXIT_BAD_COMMAND)
         resolved["cwd"] = root
+    resolved.update(load_launcher(config))
     if config.command:
         program = resolve_command(config.command[0], config.passed_env.get("PATH"))
         problem = script_problem(program)

@@ -170,7 +170,9 @@ class Connection:
 
     def locate(self, path: str) -> Optional[Route]:
         config = self.config
-        return route_dir(config.dir, path) if config.dir else route_command(config.command[0], path)
+        if config.dir:
+            return route_dir(config.dir, path)
+        return route_command(config.command[0] if config.command else config.callback or "", path)
 
     async def upgrade(self, request: Request, route: Route) -> None:
         config, shared = self.config, self.shared
@@ -179,15 +181,19 @@ class Connection:
         protocol = select_subprotocol(request.header("sec-websocket-protocol"), config.subprotocols)
         if protocol is not None:
             env["WEBSOCKET_PROTOCOL"] = protocol
-        info = SessionInfo(self.id, route, env, self.log, self.stream.peer_open)
+        info = SessionInfo(self.id, route, env, self.log, self.stream.peer_open, request)
         del env  # the far end keeps it only as long as it needs it (a process: until it has started)
         try:
             far = await shared.backend.connect(info)
         except Refused as e:
             return await self.refuse(e.status, e.message, e.headers, request)
         del info
-        headers = config.headers + config.headers_ws
-        if protocol is not None:
+        contributed = far.upgrade_headers  # an HTTP API's Set-Cookie and subprotocol (backends/callback.py)
+        chosen = [value for name, value in contributed if name.lower() == "sec-websocket-protocol"]
+        headers = config.headers + config.headers_ws + contributed
+        if chosen:
+            protocol = chosen[0]
+        elif protocol is not None:
             headers += (("Sec-WebSocket-Protocol", protocol),)
         deflate = None
         if config.compress:  # imported only then: plain wsexec makes no zlib object

@@ -8,7 +8,6 @@ derived from its log call's arguments, by the json formatter alone (EVENTS).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -136,6 +135,12 @@ class JsonFormatter(Formatter):
 
     clock = staticmethod(time.gmtime)
 
+    def __init__(self) -> None:
+        super().__init__()
+        import json  # --logformat json only
+
+        self.dumps = json.dumps
+
     def format(self, record: logging.LogRecord) -> str:
         entry: Dict[str, Any] = {
             "time": self.formatTime(record) + "Z",
@@ -159,7 +164,7 @@ class JsonFormatter(Formatter):
             entry["exception"] = clean(record.exc_text)
         if record.stack_info:
             entry["stack"] = clean(self.formatStack(record.stack_info))
-        return json.dumps(entry)
+        return self.dumps(entry)
 
 
 FORMATS = ("text", "json")  # --logformat

@@ -23,7 +23,6 @@ import trio
 from . import __version__
 from .backends import Backend
 from .backends.process import ProcessBackend
-from .backends.shared import SharedBackend
 from .config import EXIT_BAD_COMMAND, EXIT_CANNOT_LISTEN, Config, ConfigError, parse_control
 from .connection import Connection, Shared
 from .http import response
@@ -48,12 +47,20 @@ class Server:
     def __init__(self, config: Config, control_url: str = "") -> None:
         self.config = config
         self.stats = Stats()
-        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd)
+        self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd, limits=config.limits,
+                                 prlimit=config.prlimit, owner=config.run_as, setpriv=config.setpriv)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served
-        if config.shared:
-            backend = SharedBackend(config, self.handlers)
+        self.shared_backend = None  # with --shared: the same as backend
+        if config.callback:
+            from .backends.callback import CallbackBackend  # with --callback only: its HTTP client
+
+            backend = CallbackBackend(config, control_url)
+        elif config.shared:
+            from .backends.shared import SharedBackend  # --shared only: plain wsexec never loads it
+
+            backend = self.shared_backend = SharedBackend(config, self.handlers)
         elif config.has_handler:
             backend = ProcessBackend(config, self.handlers)
         self.backend = backend
@@ -155,8 +162,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
     try:
         async with trio.open_nursery() as root:
             await root.start(server.handlers.run)
-            if isinstance(server.backend, SharedBackend):
-                await root.start(server.backend.run)
+            if hasattr(server.backend, "run"):  # the shared processes' hubs, the HTTP client's pool
+                await root.start(server.backend.run)  # type: ignore[union-attr]
             if handle_signals:
                 # Started, not just scheduled: a SIGTERM right after "listening on"
                 # must already take the graceful path.
@@ -171,7 +178,9 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
                 gc.freeze()  # what that import made lives as long as the server: keep it out of collections
                 await root.start(server.control.serve, control)
                 logger.info("control API on %s", server.shared.control_url)
-            serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else "no handler (site only)")
+            serving = " ".join(config.command) or (f"--dir {config.dir}" if config.dir else
+                                                   f"--callback {config.callback}" if config.callback else
+                                                   "no handler (site only)")
             for url in server.urls:
                 logger.info("serving %s on %s", serving, url)
             task_status.started(server)
@@ -183,8 +192,8 @@ async def serve(config: Config, *, handle_signals: bool = True, task_status=trio
                 with trio.move_on_after(server.shutdown_deadline) as deadline:
                     while len(server.registry):
                         await trio.sleep(0.01)
-                    if isinstance(server.backend, SharedBackend):
-                        await server.backend.aclose()  # shared processes, on the ladder
+                    if server.shared_backend is not None:
+                        await server.shared_backend.aclose()  # shared processes, on the ladder
                 connections.cancel_scope.cancel()
                 if deadline.cancelled_caught:
                     logger.info("shutdown deadline passed: stopping what is left")

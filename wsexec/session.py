@@ -35,6 +35,7 @@ from .backends import (
     CannotStart,
     Ending,
     FarEnd,
+    Frames,
     Message,
     Outcome,
     close_frame,
@@ -326,13 +327,18 @@ class Session:
                 batch = await far.receive()
                 if batch is None:
                     break
-                if len(batch) == 1:
+                if type(batch) is Frames:
+                    sent = await ws.send_frames(batch.data)
+                    count = batch.count
+                elif len(batch) == 1:
                     sent = await ws.send_message(*batch[0])
+                    count = 1
                 else:
                     sent = await ws.send_messages(batch)
+                    count = len(batch)
                 if not sent:
                     return  # client gone; its side of the session handles the rest
-                self.messages_out += len(batch)
+                self.messages_out += count
                 self.last_active = self.clock.now
             self.output_closed.set()
             self.wake()

@@ -482,6 +482,12 @@ class WebSocket:
             return encode_frame(opcode, payload)
         return encode_frame(opcode | RSV1, compressed)
 
+    async def send_frames(self, data: bytes) -> bool:
+        """Data messages already encoded with encode_frame, in one write."""
+        if not self.open:
+            return False
+        return await self._send(data)
+
     async def ping(self) -> None:
         if self.open:
             await self._send(encode_frame(PING, b""))

@@ -13,6 +13,7 @@ A far end's life, as the connection and the session drive it:
     far.deliver(messages)   client -> far end, as often as the client sends;
                             a call that blocks is the backpressure
     far.receive()           far end -> client; None once its output ended
+                            (messages, or Frames already encoded for the wire)
     far.close(ending)       always called, once the session has ended (also
                             when start failed or never ran); stops the far end
                             within its grace and says how it went (Outcome,
@@ -24,15 +25,23 @@ A far end's life, as the connection and the session drive it:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
-from ..http.request import HttpError
+from ..http.request import HttpError, Request
 
 if TYPE_CHECKING:
     from ..http.routing import Route
     from ..log import ConnectionLog
 
 Message = Tuple[int, bytes]  # (TEXT or BINARY, payload), as wsexec/websocket.py has them
+
+
+class Frames(NamedTuple):
+    """Messages already encoded as a server's frames (websocket.encode_frame):
+    a shared process encodes each line once for all of its clients."""
+
+    data: bytes
+    count: int  # how many messages
 
 # Why a session ended: set once, by whichever side finished first.
 CLIENT_CLOSED = "client-closed"  # the client sent a close frame (its code was echoed)
@@ -75,11 +84,15 @@ class SessionInfo(NamedTuple):
     env: Dict[str, str]  # the CGI environment
     log: ConnectionLog
     client_present: Callable[[], bool]  # asked while a delivery is blocked: has the client left?
+    request: Optional[Request] = None  # the upgrade request (an HTTP backend passes its headers on)
 
 
 class FarEnd(Protocol):
     label: str  # for the log's pid field
     outcome: Optional[Outcome]  # set once close() has run, even if it was cancelled
+    # Fields connect() adds to the 101 (an HTTP API's Set-Cookie and
+    # Sec-WebSocket-Protocol); () for most far ends. Read before start().
+    upgrade_headers: Tuple[Tuple[str, str], ...]
 
     @property
     def finished(self) -> bool:
@@ -92,7 +105,7 @@ class FarEnd(Protocol):
         """Hand client messages over; False once the far end takes no more
         (the session then drops further client messages)."""
 
-    async def receive(self) -> Optional[Sequence[Message]]:
+    async def receive(self) -> Optional[Union[Sequence[Message], Frames]]:
         """The next messages for the client; None once its output ended."""
 
     async def close(self, ending: Ending) -> Outcome:

@@ -5,31 +5,46 @@ Client messages go to the handler's stdin (text mode: each followed by
 UTF-8 else binary; binary mode: one per read). When the session ends the
 handler's stdin is closed and it is stopped on the ladder; its exit status
 gives the close code: 0 -> 1000, anything else -> 1011 with the status as
-the reason, an over-long line -> 1009.
+the reason, an over-long line -> 1009, a close the handler asked for (a `c`
+record, a `wsexec-close` stderr line) -> its own 4000-4999 code.
+--framed (wsexec/proc/framing.py): a record per message both ways.
+--passstderr (wsexec/proc/passstderr.py): stdout and stderr lines as JSON.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import trio
 
 from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
+from ..proc.closing import Close, parse_close
+from ..proc.framing import CLOSE, FrameError, FrameReader, FrameTooBig, frames
 from ..proc.lines import LineSplitter, LineTooLong
+from ..proc.passstderr import StreamsReader
 from ..proc.shebang import spawn_failure
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, PART, TEXT, TOO_BIG, is_utf8
 from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 
+if TYPE_CHECKING:
+    from ..proc.terminal import Terminal
 
-def process_outcome(status: Optional[int], too_long: str = "", not_started: str = "") -> Outcome:
-    """A handler's wait status (None: not reaped) as the session's close code."""
+
+def process_outcome(status: Optional[int], too_long: str = "", not_started: str = "",
+                    asked: Optional[Close] = None, bad_output: str = "") -> Outcome:
+    """A handler's wait status (None: not reaped) as the session's close code;
+    a close it asked for wins over its status, a fault in its output over both."""
     if not_started:
         return Outcome(INTERNAL_ERROR, not_started, "not started")
     described = describe_status(status) if status is not None else "not reaped"
     if too_long:
         return Outcome(TOO_BIG, too_long, described)
+    if bad_output:
+        return Outcome(INTERNAL_ERROR, bad_output, described)
+    if asked is not None:
+        return Outcome(asked[0], asked[1], described)
     if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return Outcome(NORMAL, "", described)
     return Outcome(INTERNAL_ERROR, described, described)
@@ -66,12 +81,21 @@ class ProcessBackend:
         # upgrades cannot run more than --maxforks handlers.
         if not self.handlers.slots.take():
             raise Refused(429, "too many connections, try again later", (("Retry-After", "1"),))
-        return ProcessFarEnd(self.config, self.handlers, info)
+        far = ProcessFarEnd(self.config, self.handlers, info)
+        if self.config.pty:
+            try:
+                far.terminal = self.handlers.open_terminal()
+            except OSError as e:  # out of terminals or descriptors: refused, not a hang
+                self.handlers.slots.give_back()
+                info.log.error("no pseudo-terminal for the handler (--pty): %s", e.strerror)
+                raise Refused(503, "no terminal left for the handler, try again later", (("Retry-After", "1"),))
+        return far
 
 
 class ProcessFarEnd:
     __slots__ = ("config", "handlers", "info", "label", "child", "splitter", "read_size", "output_ended",
-                 "too_long", "not_started", "outcome")
+                 "too_long", "not_started", "outcome", "frames", "asked", "bad_output", "streams", "terminal")
+    upgrade_headers = ()  # nothing for the 101
 
     def __init__(self, config: Config, handlers: Handlers, info: SessionInfo) -> None:
         self.config = config
@@ -79,12 +103,17 @@ class ProcessFarEnd:
         self.info = info
         self.label = "-"
         self.child: Optional[Child] = None
-        self.splitter = None if config.binary else LineSplitter(config.maxmessage)
+        self.splitter = None if config.binary or config.framed else LineSplitter(config.maxmessage)
+        self.frames = FrameReader(config.maxmessage) if config.framed else None
+        self.asked: Optional[Close] = None  # by a `c` record
+        self.bad_output = ""
+        self.streams: Optional[StreamsReader] = None  # --passstderr, once started
         self.read_size = min(1 << 18, config.maxmessage)
         self.output_ended = False
         self.too_long = ""
         self.not_started = ""
         self.outcome: Optional[Outcome] = None
+        self.terminal: Optional["Terminal"] = None  # --pty: taken in connect(), the child's once started
 
     @property
     def finished(self) -> bool:
@@ -94,18 +123,23 @@ class ProcessFarEnd:
         info = self.info
         argv = (info.route.program,) + tuple(self.config.command[1:])
         try:
-            self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish)
+            terminal, self.terminal = self.terminal, None  # spawn() owns it now, even if it fails
+            self.child = await self.handlers.spawn(argv, info.env, info.log, on_finish,
+                                                   watch_stderr=not self.config.passstderr, terminal=terminal)
         except OSError as e:
             # On failure only: a missing #! interpreter is named, not just ENOENT.
             self.not_started = f"cannot start handler: {spawn_failure(info.route.program, e)}"
             info.log.error("%s (%s)", self.not_started, info.route.program)
             raise CannotStart(self.not_started) from None
         self.label = str(self.child.pid)
-        self.info = info._replace(env={})  # held for the whole session: keep no copy of the environment
+        if self.config.passstderr:
+            self.streams = StreamsReader(self.child.io, self.child.stderr, self.handlers.stderr,
+                                         self.config.maxmessage, self.read_size)
+        self.info = info._replace(env={}, request=None)  # held for the whole session: keep no copy of the environment
 
     async def deliver(self, messages: Sequence[Message]) -> bool:
         assert self.child is not None
-        data = stdin_data(messages, self.splitter is None)
+        data = frames(messages) if self.frames is not None else stdin_data(messages, self.splitter is None)
         try:
             # A handler that does not read blocks this write; meanwhile
             # nobody reads the client, so ask whether it is still there.
@@ -116,6 +150,13 @@ class ProcessFarEnd:
 
     async def receive(self) -> Optional[List[Message]]:
         assert self.child is not None
+        if self.frames is not None:
+            return await self.receive_framed(self.frames)
+        if self.streams is not None:
+            try:
+                return await self.streams.receive()
+            except LineTooLong as e:
+                return self.output_too_long(e)
         while not self.output_ended:
             try:
                 data = await self.child.io.receive_some(self.read_size)
@@ -131,12 +172,46 @@ class ProcessFarEnd:
             try:
                 lines = splitter.feed(data)
             except LineTooLong as e:
-                self.info.log.error("%s; closing", e)
-                self.too_long = str(e)
-                self.output_ended = True
-                return None
+                return self.output_too_long(e)
             if lines:
                 return [line_message(line) for line in lines]
+        return None
+
+    def output_too_long(self, e: Exception) -> None:
+        self.info.log.error("%s; closing", e)
+        self.too_long = str(e)
+        self.output_ended = True
+
+    async def receive_framed(self, reader: FrameReader) -> Optional[List[Message]]:
+        """Whole records; a `c` record ends the output with the handler's own close."""
+        assert self.child is not None
+        while not self.output_ended:
+            try:
+                data = await self.child.io.receive_some(self.read_size)
+            except trio.BrokenResourceError:
+                data = b""
+            try:
+                if not data:
+                    self.output_ended = True
+                    reader.finish()
+                    return None
+                records = reader.feed(data)
+            except FrameError as e:
+                if isinstance(e, FrameTooBig):
+                    return self.output_too_long(e)
+                self.info.log.error("bad framed output: %s; closing", e)
+                self.output_ended = True
+                self.bad_output = f"bad framed output: {e}"
+                return None
+            for i, (kind, payload) in enumerate(records):
+                if kind == CLOSE:
+                    self.output_ended = True
+                    self.asked, problem = parse_close(payload)
+                    if problem:
+                        self.info.log.error("handler asked for a close it may not choose (%s): refused", problem)
+                    return records[:i] or None
+            if records:
+                return records
         return None
 
     async def close(self, ending: Ending) -> Outcome:
@@ -151,7 +226,11 @@ class ProcessFarEnd:
         finally:
             if child is not None:
                 await self.handlers.dispose(child)  # shielded: also when cancelled
+            if self.terminal is not None:  # never started
+                self.terminal.close()
             self.handlers.slots.give_back()
             self.outcome = process_outcome(child.status if child else None, self.too_long,
-                                           self.not_started or ("" if child else "not started"))
+                                           self.not_started or ("" if child else "not started"),
+                                           self.asked or (child.stderr.close_asked if child else None),
+                                           self.bad_output)
         return self.outcome

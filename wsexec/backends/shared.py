@@ -34,8 +34,8 @@ from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.lines import LineSplitter, LineTooLong
 from ..net.streams import STALL_CHECK
-from ..websocket import BINARY, NORMAL, POLICY
-from . import CLIENT_GONE, CannotStart, Ending, Message, Outcome, Refused, SessionInfo
+from ..websocket import BINARY, NORMAL, POLICY, encode_frame
+from . import CLIENT_GONE, CannotStart, Ending, Frames, Message, Outcome, Refused, SessionInfo
 from .process import line_message, process_outcome, stdin_data
 
 logger = logging.getLogger("wsexec.shared")
@@ -98,7 +98,13 @@ class Write:
 
 
 class Member:
-    """One session's side of a hub: a bounded queue of messages for it."""
+    """One session's side of a hub: a bounded queue of its messages, each
+    encoded as a frame once for every client it goes to."""
+
+    __slots__ = ("hub", "info", "id", "topics", "label", "queue", "queued", "limit", "full_since",
+                 "arrived", "ended", "close_with", "on_finish", "outcome", "joined")
+
+    upgrade_headers = ()  # nothing for the 101
 
     def __init__(self, hub: "Hub", info: SessionInfo, topics: Tuple[str, ...]) -> None:
         self.hub = hub
@@ -106,8 +112,9 @@ class Member:
         self.id = info.id
         self.topics = topics
         self.label = "-"
-        self.queue: Deque[Message] = deque()
+        self.queue: Deque[bytes] = deque()  # frames
         self.queued = 0  # bytes
+        self.limit = hub.config.sharedqueue
         self.full_since: Optional[float] = None
         self.arrived = trio.Event()
         self.ended = False  # no more output for this client (the process ended, or closed it)
@@ -120,10 +127,10 @@ class Member:
     def finished(self) -> bool:
         return self.ended
 
-    def put(self, message: Message) -> None:
-        self.queue.append(message)
-        self.queued += len(message[1])
-        if self.queued > self.hub.config.sharedqueue and self.full_since is None:
+    def put(self, frame: bytes) -> None:
+        self.queue.append(frame)
+        self.queued += len(frame)
+        if self.queued > self.limit and self.full_since is None:
             self.full_since = trio.current_time()
         self.arrived.set()
 
@@ -144,13 +151,13 @@ class Member:
     async def deliver(self, messages: Sequence[Message]) -> bool:
         return await self.hub.write(self, messages)
 
-    async def receive(self) -> Optional[List[Message]]:
+    async def receive(self) -> Optional[Frames]:
         while not self.queue:
             if self.ended:
                 return None
             self.arrived = trio.Event()
             await self.arrived.wait()
-        batch = list(self.queue)
+        batch = Frames(b"".join(self.queue), len(self.queue))
         self.queue.clear()
         self.queued = 0
         self.full_since = None
@@ -407,15 +414,20 @@ class Hub:
             if member is None:
                 logger.debug("shared pid %s: no client %s; line dropped", self.label, name)
             elif kind == "send":
-                member.put(line_message(rest))
+                member.put(encode_frame(*line_message(rest)))
             else:
                 member.end(close_of(rest))
 
     def fan_out(self, message: Message, line: bytes) -> None:
-        topics = self.config.topics
+        frame = encode_frame(*message)
+        if self.config.topics:
+            for member in self.members.values():
+                if not member.ended and wants(member.topics, line):
+                    member.put(frame)
+            return
         for member in self.members.values():
-            if not member.ended and (not topics or wants(member.topics, line)):
-                member.put(message)
+            if not member.ended:
+                member.put(frame)
 
     async def wait_for_room(self) -> None:
         """Hold the output while a client's queue is full; a client full for

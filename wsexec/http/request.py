@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-import h11
 import trio
 
 Address = Tuple[str, int]
@@ -148,6 +147,8 @@ def checked(request: Request) -> Request:
 async def _read_with_h11(
     stream: trio.abc.Stream, received_data: bytes, max_size: int, remote: Address, local: Address, tls: bool
 ) -> Request:
+    import h11  # the slow path only: most heads never need it
+
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_size)
     parser.receive_data(received_data)
     received = len(received_data)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
 from mimetypes import guess_type
 from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import trio
 
 from .routing import decode_path
+from .syntax import imf_fixdate
 from ..net.streams import Socket
 
 if TYPE_CHECKING:
@@ -149,6 +149,8 @@ def if_range_holds(header: Optional[str], etag: str, mtime: int) -> bool:
 
 
 def http_date(text: str) -> Optional[int]:
+    from email.utils import parsedate_to_datetime  # conditional requests only
+
     try:
         return int(parsedate_to_datetime(text).timestamp())
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -201,7 +203,7 @@ async def serve(ex: "Exchange", found: Found) -> None:
             request.header("if-none-match"), request.header("if-modified-since"),
             request.header("range"), request.header("if-range"),
         )
-        validators = [("ETag", etag), ("Last-Modified", formatdate(mtime, usegmt=True))]
+        validators = [("ETag", etag), ("Last-Modified", imf_fixdate(mtime))]
         if p.status == 304:
             return await ex.send_head(304, validators)
         if p.status == 416:

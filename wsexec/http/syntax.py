@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Iterable, List, Optional, Tuple
 
@@ -46,6 +45,18 @@ def phrase(status: int) -> str:
         return "Unknown"
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_fixdate(seconds: float) -> str:
+    """RFC 9110 section 5.6.7: 'Sun, 06 Nov 1994 08:49:37 GMT' (English
+    names whatever the locale)."""
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
 _date_second = -1
 _date_text = ""
 
@@ -55,7 +66,7 @@ def http_date(now: Optional[float] = None) -> str:
     global _date_second, _date_text
     second = int(time.time() if now is None else now)
     if second != _date_second:
-        _date_second, _date_text = second, formatdate(second, usegmt=True)
+        _date_second, _date_text = second, imf_fixdate(second)
     return _date_text
 
 

@@ -15,20 +15,27 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import trio
 
 from ..stats import Stats
+from .launch import Limit, wrapper
 from .spawn import Spawner
 from .stderr import StderrPipe, StderrReader
 from ..net.streams import Socket
+
+if TYPE_CHECKING:
+    from .gate import Gate  # --rlimit alone loads it
+    from .terminal import Terminal  # --pty alone loads it (and termios)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Child:
     pid: int
-    io: Socket  # the handler's stdin and stdout
+    io: Union[Socket, Terminal]  # the handler's stdin and stdout
     stderr: StderrPipe  # read by the reaper's StderrReader
     status: Optional[int] = None  # wait status once reaped
     exited: trio.Event = field(default_factory=trio.Event)
@@ -90,16 +97,42 @@ class Handlers:
     connection its status), logs their stderr, and counts them for --maxforks."""
 
     def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None,
-                 cwd: Optional[str] = None) -> None:
+                 cwd: Optional[str] = None, limits: Sequence[Limit] = (), prlimit: str = "prlimit",
+                 owner: Tuple[Optional[int], Optional[int]] = (None, None), setpriv: str = "setpriv") -> None:
         self.children: Dict[int, Child] = {}
-        self.spawner = spawner or Spawner()
+        self.spawner = spawner or Spawner(credentials=owner)
+        # --rlimit: set at the gate (run() opens it), else by prlimit; --user,
+        # --group: taken by the spawner thread, else by setpriv.
+        self.limits = tuple(limits)
+        self.gate: Optional["Gate"] = None
+        self._prlimit = wrapper(self.limits, None, None, prlimit=prlimit)
+        self._setpriv = wrapper((), *owner, setpriv=setpriv) if self.spawner.credentials != owner else ()
+        self.launcher = self._prlimit + self._setpriv
         self.stderr = StderrReader()
         self.slots = Slots(maxforks)
         self.stats = stats or Stats()
         self.cwd = cwd  # --cwd: a directory, "script" (each program's own), or None (wsexec's)
+        self.owner = owner  # --user, --group: uid and gid, for the handler's terminal
+
+    def open_terminal(self) -> Terminal:
+        """--pty: a handler's terminal, taken before the upgrade is answered so
+        that running out of them is an HTTP refusal; OSError if none is left."""
+        from .terminal import Terminal
+
+        return Terminal.open(*self.owner)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Reap on SIGCHLD; meanwhile log every handler's stderr."""
+        if self.limits:
+            from .gate import CAP_SYS_RESOURCE, Gate, capable
+
+            try:
+                if self.spawner.credentials != (None, None) and not capable(CAP_SYS_RESOURCE):
+                    raise OSError(0, "no CAP_SYS_RESOURCE for the --user handlers' limits")
+                self.gate = Gate(self.limits)
+                self.launcher = self._setpriv
+            except OSError as e:  # not root, or no fanotify permission events: one exec more
+                logger.info("--rlimit: limits set by prlimit before each handler (no gate: %s)", e.strerror)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.stderr.run)
@@ -107,6 +140,8 @@ class Handlers:
         finally:
             self.stderr.close_all()
             self.spawner.close()
+            if self.gate is not None:  # after the spawner: a child at the gate is still answered
+                self.gate.close()
 
     async def _reap_on_signal(self, task_status) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -124,37 +159,57 @@ class Handlers:
 
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log: Union[logging.Logger, logging.LoggerAdapter],
-        on_exit: Optional[Callable[[], None]] = None,
+        on_exit: Optional[Callable[[], None]] = None, watch_stderr: bool = True,
+        terminal: Optional[Terminal] = None,
     ) -> Child:
         """Start a handler (wsexec/proc/spawn.py); OSError if it cannot start.
-        Its stderr lines go to log; on_exit is called when it has been reaped."""
-        ours, theirs = socket.socketpair()
+        Its stderr lines go to log (read by the StderrReader, or with
+        watch_stderr=False by its far end); on_exit is called when it has been reaped.
+        With a terminal (--pty) that is its stdin and stdout, and the Child's
+        io; it is closed if the handler cannot start."""
+        io: Union[Socket, "Terminal"]
+        theirs: Optional[socket.socket] = None
         try:
+            if terminal is None:
+                ours, theirs = socket.socketpair()
+                io = Socket(ours)
+            else:
+                io = terminal
             err_read, err_write = os.pipe()
         except OSError:
-            ours.close()
-            theirs.close()
+            if terminal is not None:
+                terminal.close()
+            elif theirs is not None:
+                ours.close()
+                theirs.close()
             raise
         try:
-            stderr = self.stderr.open(err_read, log)  # closes err_read if it fails
+            stderr = self.stderr.open(err_read, log, watch_stderr)  # closes err_read if it fails
         except OSError:
-            ours.close()
-            theirs.close()
+            io.close()
+            if theirs is not None:
+                theirs.close()
             os.close(err_write)
             raise
         began = time.monotonic()
         try:
             cwd = os.path.dirname(argv[0]) if self.cwd == "script" else self.cwd
-            pid = await self.spawner.spawn(argv, env, theirs.fileno(), err_write, cwd)
+            stdio = theirs.fileno() if theirs is not None else -1
+            pid = await self.spawner.spawn(self.launcher + tuple(argv), env, stdio, err_write, cwd,
+                                           terminal.path if terminal is not None else None,
+                                           self.gate.path if self.gate is not None else None)
             self.stats.started(time.monotonic() - began)
         except BaseException:
-            ours.close()
+            io.close()
             self.stderr.close(stderr)
             raise
         finally:
-            theirs.close()
+            if theirs is not None:
+                theirs.close()
+            else:
+                io.spawned()  # type: ignore[union-attr]
             os.close(err_write)
-        child = Child(pid, Socket(ours), stderr, on_exit=on_exit)
+        child = Child(pid, io, stderr, on_exit=on_exit)
         self.children[pid] = child
         # Its SIGCHLD may have come before it was registered here.
         self.poll_one(child)
