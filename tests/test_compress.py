@@ -99,10 +99,12 @@ def test_offers_are_parsed_in_order() -> None:
     ({"compresswindow": 16}, 2),
     ({"compress": True, "maxframesize": 0}, 4),
     ({"shared": True, "maxframesize": 0}, 4),
+    ({"framed": True, "maxframesize": 0}, 4),
+    ({"command": (), "callback": "http://127.0.0.1:9/", "maxframesize": 0}, 4),
 ])
 def test_bad_combinations(options, code) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError) as info:
-        validate(Config(command=("cat",), **options))
+        validate(Config(**{"command": ("cat",), **options}))
     assert info.value.exit_code == code
 
 
