@@ -13,6 +13,7 @@ import socket
 import statistics
 import sys
 import time
+import zlib
 from collections import Counter
 from typing import Callable, Optional, Union
 
@@ -151,19 +152,21 @@ async def s1_single(url: str, duration: float, cap: int) -> dict:
             "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6)}
 
 
-async def s2_concurrent(url: str, conns: int, duration: float, cap: int,
+async def s2_concurrent(url: str, conns: int, duration: float, cap: int, deflate: bool = False,
                         count_drops: bool = False) -> dict:
-    """`conns` connections, each doing 32-byte round trips back to back.
-    With count_drops, a connection the server drops (S9: Pushpin does, under
-    load) ends its own loop and is counted in "dropped" instead of failing
-    the run; the others go on."""
-    pairs = await asyncio.gather(*(connect(url) for _ in range(conns)))
+    """`conns` connections, each doing 32-byte round trips back to back
+    (deflate, S2z: JSON lines with permessage-deflate offered, and the bytes
+    of frames on the wire per round trip). With count_drops, a connection the
+    server drops (S9: Pushpin does, under load) ends its own loop and is
+    counted in "dropped" instead of failing the run; the others go on."""
+    pairs = await asyncio.gather(*((connect_deflating if deflate else connect)(url) for _ in range(conns)))
     lat: list[float] = []
     start = time.perf_counter()
+    loop = _deflate_loop if deflate else _echo_loop
 
-    async def one(t: WSTransport, e: Echo) -> int:
+    async def one(t: WSTransport, e) -> int:  # type: ignore[no-untyped-def]
         try:
-            await _echo_loop(t, e, start + duration, cap, lat)
+            await loop(t, e, start + duration, cap, lat)  # type: ignore[operator]
         except ConnectionError:
             if not (count_drops and e.closed):
                 raise
@@ -178,8 +181,12 @@ async def s2_concurrent(url: str, conns: int, duration: float, cap: int,
     elapsed = time.perf_counter() - start
     if dropped:
         print(f"    {dropped} of {conns} connections dropped by the server", file=sys.stderr)
-    return {"msgs": len(lat), "rate": len(lat) / elapsed,
-            "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6), "dropped": dropped}
+    figures = {"msgs": len(lat), "rate": len(lat) / elapsed, "p50": pct(lat, 50, 1e6), "p99": pct(lat, 99, 1e6),
+               "dropped": dropped}
+    if deflate:
+        figures["wire"] = sum(e.wire for _, e in pairs) / max(1, len(lat))  # type: ignore[attr-defined]
+        figures["accepted"] = sum(e.on for _, e in pairs)  # type: ignore[attr-defined]
+    return figures
 
 
 async def s3_large(url: str, size: int, count: int) -> dict:
@@ -194,6 +201,124 @@ async def s3_large(url: str, size: int, count: int) -> dict:
         close(t)
     return {"msgs": len(lat), "mibps": size * len(lat) / sum(lat) / 2**20,
             "p50": pct(lat, 50, 1e3)}
+
+
+# --- S2z, S3z: permessage-deflate (wsexec --compress against websocketd, which never accepts it)
+
+OFFER = "permessage-deflate; client_max_window_bits"  # what browsers offer
+
+
+def frame_bytes(payload: int, masked: bool) -> int:
+    """A frame's size on the wire (RFC 6455 section 5.2)."""
+    return payload + 2 + (4 if masked else 0) + (0 if payload < 126 else 2 if payload < 65536 else 8)
+
+
+class Deflating(Echo):
+    """Echo that offers permessage-deflate as a browser does: once accepted,
+    what it sends is compressed (context kept unless the server says
+    client_no_context_takeover) and RSV1 messages are inflated. Counts the
+    bytes of WebSocket frames both ways (`wire`), compressed or not."""
+
+    def __init__(self, request=None, response=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        answer = (response.headers.get("Sec-WebSocket-Extensions", "") if response is not None else "") or ""
+        params = dict(p.strip().partition("=")[::2] for p in answer.split(";")[1:])
+        self.on = answer.startswith("permessage-deflate")
+        self.bits = int(params.get("client_max_window_bits") or 15)
+        self.client_context = "client_no_context_takeover" not in params
+        self.server_context = "server_no_context_takeover" not in params
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, -self.bits)
+        self.inflater = zlib.decompressobj(-15)
+        self.parts: list[bytes] = []
+        self.compressed = False
+        self.wire = 0
+
+    def send_text(self, transport: WSTransport, payload: bytes) -> None:
+        if self.on:
+            if not self.client_context:
+                self.compressor = zlib.compressobj(6, zlib.DEFLATED, -self.bits)
+            data = (self.compressor.compress(payload) + self.compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+            transport.send(WSMsgType.TEXT, data, rsv1=True)
+        else:
+            data = payload
+            transport.send(WSMsgType.TEXT, data)
+        self.wire += frame_bytes(len(data), True)
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            return super().on_ws_frame(transport, frame)
+        self.wire += frame_bytes(frame.payload_size, False)
+        if frame.msg_type != WSMsgType.CONTINUATION:
+            self.compressed = bool(frame.rsv1)
+        self.parts.append(frame.get_payload_as_bytes())
+        if not frame.fin:
+            return
+        data, self.parts = b"".join(self.parts), []
+        if self.compressed:
+            if not self.server_context:
+                self.inflater = zlib.decompressobj(-15)
+            data = self.inflater.decompress(data + b"\x00\x00\xff\xff")
+        self.last_size = len(data)
+        self.total += self.last_size
+        self.got += 1
+        if self.waiter is not None and self.got >= self.want and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+async def connect_deflating(url: str) -> tuple[WSTransport, Deflating]:
+    transport, listener = await asyncio.wait_for(
+        ws_connect(Deflating, url, max_frame_size=MAX_FRAME, websocket_handshake_timeout=PATIENCE,
+                   extra_headers={"Sec-WebSocket-Extensions": OFFER}), PATIENCE)
+    return transport, listener
+
+
+def sensor_line(i: int) -> bytes:
+    """A JSON reading of the kind a sensor feed sends (~110 bytes)."""
+    return (f'{{"sensor":"kitchen/temp{i % 9}","value":{20 + (i * 37) % 1000 / 100:.2f},'
+            f'"ts":{1700000000 + i},"unit":"C","ok":true,"seq":{i}}}').encode()
+
+
+def log_text(size: int) -> bytes:
+    """`size` bytes of log-like text without a newline (the echo is by line)."""
+    import random
+    rnd, words, out, n = random.Random(1), ["GET", "POST", "/api/items", "/static/app.js", "200", "304", "404"], [], 0
+    while n < size:
+        piece = (f'{{"t":{1700000000 + rnd.randrange(10**5)},"ip":"10.0.{rnd.randrange(256)}.{rnd.randrange(256)}",'
+                 f'"req":"{rnd.choice(words)} {rnd.choice(words)}","ms":{rnd.randrange(2000)}}} ')
+        out.append(piece)
+        n += len(piece)
+    return "".join(out).encode()[:size]
+
+
+async def deflate_trip(t: WSTransport, e: Deflating, payload: bytes) -> float:
+    """round_trip() with permessage-deflate when the server accepted it."""
+    start = time.perf_counter()
+    e.send_text(t, payload)
+    await e.wait_for_count(e.got + 1, PATIENCE)
+    if e.last_size != len(payload):
+        raise ValueError(f"echo was {e.last_size} bytes, sent {len(payload)}")
+    return time.perf_counter() - start
+
+
+async def _deflate_loop(t: WSTransport, e: Deflating, deadline: float, cap: int, lat: list[float]) -> None:
+    for i in range(cap):
+        if time.perf_counter() >= deadline:
+            break
+        lat.append(await deflate_trip(t, e, sensor_line(i)))
+
+
+async def s3z_deflate(url: str, size: int, count: int) -> dict:
+    """S3 with `size` bytes of log-like text and permessage-deflate offered."""
+    payload = log_text(size)
+    t, e = await connect_deflating(url)
+    lat: list[float] = []
+    try:
+        for _ in range(count):
+            lat.append(await deflate_trip(t, e, payload))
+    finally:
+        close(t)
+    return {"msgs": len(lat), "mibps": size * len(lat) / sum(lat) / 2**20, "p50": pct(lat, 50, 1e3),
+            "wire": e.wire / max(1, len(lat)), "accepted": int(e.on)}
 
 
 async def _one_session(url: str) -> float:
@@ -248,20 +373,30 @@ async def _paced(n: int, rate: float, make, tasks: Optional[list] = None) -> lis
 
 
 async def s5_held(url: str, n: int, rate: float,
-                  sample: Callable[[int], dict[str, float]], echoes: int = 0) -> dict:
+                  sample: Callable[[int], dict[str, float]], deflate: bool = False,
+                  echoes: int = 0) -> dict:
     """Open n connections at `rate`/s and hold them; sample() the server while
-    all are held; then one echo each (also paced), then close all. With
-    `echoes`, only that many connections, spread evenly, echo (S10: each echo
-    costs an API request), and "held" counts those the server has not closed."""
-    opened = await _paced(n, rate, lambda i: connect(url))
+    all are held; then one echo each (also paced), then close all.
+    deflate (S5z): permessage-deflate offered, and the echo (4 KiB of log
+    text, which fills a small window) comes first, since compression state is
+    made on first use; then the sample. With `echoes`, only that many
+    connections, spread evenly, echo (S10: each echo costs an API request),
+    and "held" counts those the server has not closed."""
+    opened = await _paced(n, rate, lambda i: (connect_deflating if deflate else connect)(url))
     pairs = [p for p in opened if not isinstance(p, BaseException)]
     try:
         await asyncio.sleep(1.0)  # let the server finish spawning before measuring
-        figures = sample(len(pairs))
         held = sum(not e.closed for _, e in pairs)
-        probe = pairs[::max(1, len(pairs) // echoes)][:echoes] if echoes else pairs
-        lat = await _paced(len(probe), rate,
-                           lambda i: round_trip(*probe[i], msg32(), PATIENCE))
+        if deflate:
+            text = log_text(4096)
+            lat = await _paced(len(pairs), rate, lambda i: deflate_trip(*pairs[i], text))  # type: ignore[arg-type]
+            await asyncio.sleep(1.0)
+            figures = sample(len(pairs))
+        else:
+            figures = sample(len(pairs))
+            probe = pairs[::max(1, len(pairs) // echoes)][:echoes] if echoes else pairs
+            lat = await _paced(len(probe), rate,
+                               lambda i: round_trip(*probe[i], msg32(), PATIENCE))
         ok = [x for x in lat if isinstance(x, float)]
     finally:
         for t, _ in pairs:

@@ -405,12 +405,17 @@ class Scenario:
     pair: tuple[str, str] = PAIR   # the two servers compared (the ratio is the 2nd ÷ the 1st)
     skip: tuple[str, ...] = ()     # servers of the pair not run (their cells read —)
     shared: Optional[tuple[str, float]] = None  # (producer mode, seconds): one shared process
+    flags: tuple[str, ...] = ()    # added to wsexec's command line only (S2z, S3z: --compress)
     origin: bool = False           # the servers stand in front of bench/origin (S9, S10)
 
     def argv(self, name: str, origin: int = 0, workdir: Path = REPO) -> Callable[[list[str], int], list[str]]:
         if self.origin:
             return callback_argv(name, origin, workdir)
-        return shared_argv(name, *self.shared) if self.shared else usual
+        if self.shared:
+            return shared_argv(name, *self.shared)
+        if self.flags and name.startswith("wsexec"):
+            return lambda cmd, port: usual(cmd + list(self.flags), port)
+        return usual
 
     def all_figures(self) -> list[Figure]:
         extra = [Figure("cpu_us", f"server CPU µs/{self.op}", "lower")] if self.per_op else []
@@ -473,17 +478,19 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
     big = [Figure("mibps", "MiB/s one way", "higher", "{:.1f}"),
            Figure("p50", "p50 ms", "lower", "{:.2f}")]
 
-    def s5(n: int) -> Scenario:
+    def s5(n: int, deflate: bool = False) -> Scenario:
         return Scenario(
-            f"S5{'ab'[n == held[1]]}", f"{n:,} held (opened {rate:.0f}/s, then one echo each)",
-            lambda url, sample, _: lg.s5_held(url, n, rate, sample),
+            "S5z" if deflate else f"S5{'ab'[n == held[1]]}",
+            f"{n:,} held (opened {rate:.0f}/s, then one echo each)" if not deflate else
+            f"{n:,} held, permessage-deflate offered, one 4 KiB compressed echo each before measuring",
+            lambda url, sample, _: lg.s5_held(url, n, rate, sample, deflate),
             [Figure("opened", "connections opened", "higher"),
              Figure("ok", "first echoes answered", "higher"),
              Figure("p99", "first-echo p99 ms", "lower", "{:.1f}"),
              Figure("rss_per", "server RSS KiB/conn", "lower", "{:.1f}"),
              Figure("pss_per", "tree PSS KiB/conn", "lower", "{:.1f}"),
              Figure("fds_per", "server fds/conn", "lower", "{:.2f}")],
-            ceiling=2 * n / rate + 90, settle=30.0)
+            ceiling=2 * n / rate + 90, settle=30.0, flags=("--compress",) if deflate else ())
 
     return [
         Scenario("S1", "1 connection, 32 B round trips",
@@ -498,6 +505,17 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
         Scenario("S3b", "1 MiB round trips",
                  lambda url, _, __: lg.s3_large(url, 1024 * 1024, s3n), big,
                  ceiling=60, stall_word="stalled"),
+        # permessage-deflate: wsexec --compress; websocketd never accepts it, so it sends as is.
+        Scenario("S2z", "S2 with 110 B JSON lines, permessage-deflate offered",
+                 lambda url, _, __: lg.s2_concurrent(url, 100, dur, cap, deflate=True),
+                 list(lat) + [Figure("wire", "bytes on the wire per round trip", "lower"),
+                              Figure("accepted", "connections compressed", "higher")],
+                 ceiling=dur + 60, per_op="msgs", flags=("--compress",)),
+        Scenario("S3z", "64 KiB log-text round trips, permessage-deflate offered",
+                 lambda url, _, __: lg.s3z_deflate(url, 64 * 1024, 5 if quick else 100),
+                 big + [Figure("wire", "bytes on the wire per round trip", "lower"),
+                        Figure("accepted", "connections compressed", "higher")],
+                 ceiling=60, per_op="msgs", stall_word="stalled", flags=("--compress",)),
         Scenario("S4", "connect + echo + close, 16 parallel",
                  lambda url, _, __: lg.s4_conn_rate(url, 16, 0.5 if quick else dur, cap),
                  [Figure("rate", "connections/s", "higher"), Figure("p50", "p50 ms", "lower", "{:.2f}"),
@@ -505,6 +523,7 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
                  ceiling=dur + 60, per_op="conns", op="conn"),
         s5(held[0]),
         s5(held[1]),
+        s5(held[1], deflate=True),
         Scenario("S6", "1 connection, 1,000 pipelined",
                  lambda url, _, __: lg.s6_pipelined(url, 1000, dur, cap),
                  [Figure("rate", "messages/s", "higher")],
@@ -535,7 +554,7 @@ def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
                  ceiling=dur + 60, per_op="msgs", pair=CALLBACK_PAIR, origin=True),
         Scenario("S10", f"{n10:,} held (connect answered by the API, opened {rate10:.0f}/s, "
                  f"then {echo10:,} of them echo once)",
-                 lambda url, sample, _: lg.s5_held(url, n10, rate10, sample, echo10),
+                 lambda url, sample, _: lg.s5_held(url, n10, rate10, sample, echoes=echo10),
                  [Figure("opened", "connections opened", "higher"),
                   Figure("held", "connections held (not closed by the server)", "higher"),
                   Figure("ok", f"echoes answered after the hold (of {echo10:,})", "higher"),

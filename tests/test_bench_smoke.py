@@ -10,14 +10,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ["S1", "S2", "S3a", "S3b", "S4", "S5a", "S5b", "S6", "C1", "C2",
-             "S7a", "S7b", "S7c", "S7d", "S8", "S9", "S10"]
+             "S7a", "S7b", "S7c", "S7d", "S8", "S2z", "S3z", "S5z", "S9", "S10"]
 
 
 def table_rows(text: str) -> dict[str, list[list[str]]]:
     """Scenario id -> the cells of its table rows."""
     rows: dict[str, list[list[str]]] = {}
     for line in text.splitlines():
-        m = re.match(r"\| ([SC]\d+[a-d]?) ", line)
+        m = re.match(r"\| ([SC]\d+[a-dz]?) ", line)
         if m:
             rows.setdefault(m.group(1), []).append([c.strip() for c in line.strip("|").split("|")])
     return rows
@@ -54,6 +54,11 @@ def test_quick_run_reports_every_scenario_for_both_servers(tmp_path: Path) -> No
             assert s7["messages lost"][col] == "0", (sid, proc.stdout)
             assert s7["clients closed by the server"][col] == "0", (sid, proc.stdout)
         assert s7["children left after"][4] == "0", (sid, proc.stdout)
+    # permessage-deflate (S2z, S3z): wsexec --compress accepts it on every connection, websocketd never
+    for sid in ("S2z", "S3z"):
+        z = {row[1]: row for row in rows[sid]}
+        assert z["connections compressed"][3] == "0" and float(z["connections compressed"][4]) > 0, proc.stdout
+        assert float(z["bytes on the wire per round trip"][4]) < float(z["bytes on the wire per round trip"][3])
     s8 = {row[1]: row for row in rows["S8"]}
     assert s8["clients that got the line"][4] == s8["clients opened"][4] != "0", proc.stdout
     assert s8["children left after"][4] == "0", proc.stdout

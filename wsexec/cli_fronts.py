@@ -1,5 +1,6 @@
 """The command-line options for TLS, unix sockets, proxies, socket activation,
-inetd, several processes on one port, and the control API (wsexec/net/,
+inetd, several processes on one port, compression and the inbound message
+limit, and the control API (wsexec/net/, wsexec/deflate.py,
 wsexec/control.py), kept apart from cli.py's core list."""
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ OPTIONS = [
     click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="CIDR", help="Believe Forwarded and X-Forwarded-For/-Proto/-Host from this address or network ('unix': unix socket peers) for REMOTE_ADDR, REMOTE_PORT, HTTPS and SERVER_NAME; repeatable."),
     click.option("--proxy-protocol", is_flag=True, help="Every connection starts with a PROXY protocol v1 or v2 header (haproxy send-proxy, stunnel protocol = proxy); without one it is refused."),
     click.option("--inetd", is_flag=True, help="Serve the one connection on stdin/stdout, then exit (inetd, xinetd, systemd Accept=yes)."),
+    click.option("--maxframesize", type=Size(), default=None, help="Largest client message, as websocketd's flag (beyond it, close 1009); stdout lines keep --maxmessage. 0: no limit, each message is streamed to the handler as its frames arrive, never held whole (not with --shared, --framed, --callback or --compress). Default: --maxmessage."),
+    click.option("--compress", is_flag=True, help="Accept permessage-deflate (RFC 7692) when a client offers it: messages both ways are compressed."),
+    click.option("--compresswindow", type=int, default=10, show_default=True, metavar="BITS", help="With --compress: the zlib window (9-15 bits) kept per connection between messages, bounding its memory (10: about 23 KiB per connection; 15: about 290 KiB). 0: no context kept, nothing held per connection, short messages compress little."),
+    click.option("--compressmin", type=Size(), default="32", show_default=True, help="With --compress: messages shorter than this are sent uncompressed."),
     click.option("--shared", is_flag=True, help="Run COMMAND (or each --dir script) once for all its clients: every client message goes to its stdin, every line it prints to every client."),
     click.option("--tagged", is_flag=True, help="With --shared: the process talks to clients one by one: '+ID<TAB>ENV', 'ID<TAB>MESSAGE' and '-ID<TAB>CODE' on its stdin; 'ID<TAB>MESSAGE', '*<TAB>MESSAGE' and '-ID<TAB>CODE REASON' on its stdout."),
     click.option("--topics", is_flag=True, help="With --shared: a line's first word is its topic; a client given ?topic=PATTERN (repeatable; shell-style, * matches /) gets only the lines whose topic matches."),

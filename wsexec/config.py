@@ -67,6 +67,13 @@ class Config:
     log: str = "stderr"  # "stderr", "stdout", or a file path (absolute once loaded)
     logformat: str = "text"  # LOG_FORMATS
     maxmessage: int = 4 * 1024 * 1024
+    # Largest inbound message (websocketd's --maxframesize); None: maxmessage;
+    # 0: no limit, each message streamed to the handler as its frames arrive.
+    maxframesize: Optional[int] = None
+    # permessage-deflate (RFC 7692, wsexec/deflate.py).
+    compress: bool = False
+    compresswindow: int = 10  # window bits with context kept; 0: no context kept either way
+    compressmin: int = 32  # messages shorter than this go uncompressed
     maxheader: int = 16 * 1024
     handshakems: int = 10_000
     gracems: int = 2_000
@@ -128,6 +135,11 @@ class Config:
     def has_handler(self) -> bool:
         """Whether WebSocket upgrades go anywhere (else the site alone is served)."""
         return bool(self.command or self.dir or self.callback)
+
+    @property
+    def inbound_limit(self) -> int:
+        """The largest client message (0: none, streamed)."""
+        return self.maxmessage if self.maxframesize is None else self.maxframesize
 
     @property
     def serves_plain(self) -> bool:
@@ -261,6 +273,8 @@ def validate(config: Config) -> Config:
         ("--lingerms", config.lingerms, 0),
         ("--sharedqueue", config.sharedqueue, 1024),
         ("--sharedstallms", config.sharedstallms, 1),
+        ("--maxframesize", config.maxframesize or 0, 0),
+        ("--compressmin", config.compressmin, 0),
         ("--callback-concurrency", config.callback_concurrency, 1),
         ("--callbacktimeoutms", config.callbacktimeoutms, 1),
     ):
@@ -276,6 +290,7 @@ def validate(config: Config) -> Config:
                               f"not a digit first), not {name + '=' + value!r}", EXIT_USAGE)
         if "\0" in value:
             raise ConfigError(f"--env {name}: a value may not contain NUL", EXIT_USAGE)
+    validate_engine(config)
     validate_fronts(config)
     validate_control(config)
     validate_shared(config)
@@ -290,6 +305,24 @@ def validate(config: Config) -> Config:
     return config
 
 
+def validate_engine(config: Config) -> None:
+    """--compress and --maxframesize."""
+    if config.compresswindow != 0 and not 9 <= config.compresswindow <= 15:
+        raise ConfigError("--compresswindow must be 0 (no context kept) or 9 to 15 (window bits)", EXIT_USAGE)
+    if config.maxframesize == 0 and config.shared:
+        # A streamed message holds the shared stdin until its last frame: one
+        # slow client would stall every other client's input for that long.
+        raise ConfigError("--maxframesize 0 streams each message to its handler: not with --shared, where "
+                          "one client's unfinished message would hold up every other client's input",
+                          EXIT_BAD_COMBINATION)
+    if config.maxframesize == 0 and (config.framed or config.callback):
+        # A --framed record starts with the message's length, and --callback
+        # POSTs each message whole: neither can take a message in pieces.
+        raise ConfigError("--maxframesize 0 streams each message in pieces: not with --framed or --callback, "
+                          "which hand each message over whole", EXIT_BAD_COMBINATION)
+    if config.maxframesize == 0 and config.compress:
+        raise ConfigError("--maxframesize 0 with --compress would let a small compressed frame inflate without "
+                          "bound: give --maxframesize a limit", EXIT_BAD_COMBINATION)
 def callback_problem(url: str) -> str:
     """Why a --callback URL cannot be used ('' if it can)."""
     try:

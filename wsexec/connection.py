@@ -195,7 +195,15 @@ class Connection:
             protocol = chosen[0]
         elif protocol is not None:
             headers += (("Sec-WebSocket-Protocol", protocol),)
-        self.ws = ws = WebSocket(self.stream, config.maxmessage, request.trailing)
+        deflate = None
+        if config.compress:  # imported only then: plain wsexec makes no zlib object
+            from .deflate import Deflate, negotiate
+
+            agreement = negotiate(request.header("sec-websocket-extensions"), config.compresswindow)
+            if agreement is not None:
+                deflate = Deflate(agreement, config.compressmin)
+                headers += (("Sec-WebSocket-Extensions", agreement.response),)
+        self.ws = ws = WebSocket(self.stream, config.inbound_limit, request.trailing, deflate)
         registry = shared.registry
         session = Session(self.id, ws, far, self.stream, config, self.log, registry.stopping.is_set,
                           shared.stats, registry.clock)

@@ -44,7 +44,7 @@ from .config import Config
 from .log import ACCESS, CONNECT, DISCONNECT, DROPPED, ConnectionLog
 from .net.streams import Stream
 from .stats import Stats
-from .websocket import INTERNAL_ERROR, NO_STATUS, WebSocket
+from .websocket import INTERNAL_ERROR, NO_STATUS, PART, WebSocket
 
 
 def client_ending(ws: WebSocket) -> Ending:
@@ -302,11 +302,12 @@ class Session:
         """Client messages to the far end; a blocked delivery is the backpressure."""
         ws, far = self.ws, self.far
         taken = True
+        streamed = ws.reader.stream  # --maxframesize 0: a piece of a message is not a message
         while True:
             batch = await ws.receive()
             if batch is None:
                 break
-            self.messages_in += len(batch)
+            self.messages_in += sum(1 for op, _ in batch if not op & PART) if streamed else len(batch)
             self.last_active = self.clock.now
             if taken and not await far.deliver(batch):
                 if not self.stream.peer_open():

@@ -2,7 +2,9 @@
 
 Everything WebSocket-specific lives here, so the engine can be replaced without
 touching the rest of wsexec. The frame codec is pure (no I/O); `WebSocket`
-drives it over a trio stream. No extensions are negotiated, so RSV bits must be 0.
+drives it over a trio stream. The one extension is permessage-deflate
+(--compress, wsexec/deflate.py), given to the reader and the WebSocket as an
+object with compress() and inflate(); without it RSV bits must be 0.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ import codecs
 import hashlib
 import struct
 from collections import deque
-from typing import Deque, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Deque, Iterable, List, Optional, Sequence, Tuple
 
 import trio
 
 from .http.syntax import header_tokens
 
+if TYPE_CHECKING:
+    from .deflate import Deflate
+
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# On a data event: more of this message follows. Only when messages stream in
+# pieces (an unlimited inbound message, --maxframesize 0).
+PART = 0x100
+RSV1 = 0x40  # "Per-Message Compressed" (RFC 7692 section 6)
+UNLIMITED = 1 << 63
 
 # Close codes (RFC 6455 section 7.4.1).
 NORMAL = 1000
@@ -189,16 +199,29 @@ class FrameReader:
 
     Data messages come out whole, as (TEXT or BINARY, bytes); control frames
     as (PING, bytes), (PONG, bytes), (CLOSE, (code, reason)). A message larger
-    than max_message is refused as soon as its frame header says so.
+    than max_message is refused as soon as its frame header says so; a
+    compressed one (RSV1, with `deflate`) is inflated at most max_message + 1
+    bytes, then refused.
+
+    max_message 0 is no limit: then a message is not held whole but comes out
+    in pieces as its bytes arrive (TEXT or BINARY, with PART on every piece
+    but the last), so memory stays bounded by one receive.
     """
 
-    def __init__(self, max_message: int) -> None:
-        self.max_message = max_message
+    def __init__(self, max_message: int, deflate: Optional["Deflate"] = None) -> None:
+        self.max_message = max_message or UNLIMITED
+        self.stream = not max_message
+        self.deflate = deflate
         self._buffer = bytearray()
         self._opcode = 0  # opcode of the fragmented message in progress, 0 if none
         self._parts: List[bytes] = []
-        self._size = 0
+        self._size = 0  # bytes of the message so far, on the wire
+        self._compressed = False  # the message in progress has RSV1
+        self._inflated = 0  # bytes of it inflated so far
         self._decoder = None  # incremental UTF-8 check for fragmented text
+        self._left = 0  # streaming: bytes of the current data frame still to come
+        self._fin = 0  # streaming: the current data frame ends its message
+        self._key = b""  # streaming: its masking key, turned to where the next byte falls
         self._events: List[Tuple[int, object]] = []
         self.error: Optional[ProtocolError] = None
 
@@ -216,6 +239,10 @@ class FrameReader:
         try:
             return self._feed(data)
         except ProtocolError as e:
+            # Kept without its traceback: its frames hold the payloads (an
+            # inflated megabyte), and the cycle through self would keep them
+            # until the garbage collector happens to run.
+            e.__context__ = e.__traceback__ = None
             self.error = e
             events, self._events = self._events, []
             return events
@@ -227,7 +254,19 @@ class FrameReader:
         self._events = events
         pos, end = 0, len(buf)
         try:
-            while end - pos >= 2:
+            while True:
+                if self._left:  # streaming: the rest of a data frame, as far as it came
+                    n = min(self._left, end - pos)
+                    if not n:
+                        break
+                    payload = unmask(bytes(buf[pos : pos + n]), self._key)
+                    pos += n
+                    self._left -= n
+                    self._key = self._key[n % 4 :] + self._key[: n % 4]
+                    self._on_data(self._fin if not self._left else 0, 0, payload, events)
+                    continue
+                if end - pos < 2:
+                    break
                 b0, b1 = buf[pos], buf[pos + 1]
                 opcode, length = b0 & 0x0F, b1 & 0x7F
                 head = 6
@@ -242,12 +281,19 @@ class FrameReader:
                     length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                     head = 14
                 self._check_header(b0, b1, opcode, length)
+                if self.stream and opcode < 0x8 and end - pos >= head:
+                    # A data frame goes out as its bytes arrive (above).
+                    self._key = bytes(buf[pos + head - 4 : pos + head])
+                    pos += head
+                    self._left, self._fin = length, b0 & 0x80
+                    self._on_data(self._fin if not length else 0, b0 & 0x7F, b"", events)
+                    continue
                 if end - pos < head + length:
                     break
                 key = bytes(buf[pos + head - 4 : pos + head])
                 payload = unmask(bytes(buf[pos + head : pos + head + length]), key)
                 pos += head + length
-                self._on_frame(b0 & 0x80, opcode, payload, events)
+                self._on_frame(b0, opcode, payload, events)
                 if events and events[-1][0] == CLOSE:
                     # Nothing after a close frame counts (RFC 6455 section 5.5.1).
                     pos = end
@@ -257,8 +303,10 @@ class FrameReader:
         return events
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
-        if b0 & 0x70:
-            # "MUST be 0 unless an extension is negotiated" (section 5.2)
+        if b0 & 0x70 and not (b0 & 0x70 == RSV1 and self.deflate is not None and opcode in (TEXT, BINARY)):
+            # "MUST be 0 unless an extension is negotiated" (section 5.2);
+            # permessage-deflate sets RSV1 on a message's first frame only
+            # (RFC 7692 section 6.1), never on a control frame.
             raise ProtocolError(PROTOCOL_ERROR, "reserved bits set")
         if not b1 & 0x80:
             # "a client MUST mask all frames that it sends" (section 5.1)
@@ -281,31 +329,67 @@ class FrameReader:
             raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
         if length >> 63:
             raise ProtocolError(PROTOCOL_ERROR, "frame length has its top bit set")
-        if self._size + length > self.max_message:
+        limit = self.max_message
+        if b0 & RSV1 or (self._compressed and opcode == CONTINUATION):
+            limit += limit // 1000 + 1024  # deflate's worst case for data that does not compress
+        if self._size + length > limit:
             raise ProtocolError(TOO_BIG, f"message exceeds {self.max_message} bytes")
 
-    def _on_frame(self, fin: int, opcode: int, payload: bytes, events: list) -> None:
+    def _on_frame(self, b0: int, opcode: int, payload: bytes, events: list) -> None:
         if opcode >= 0x8:
             events.append((opcode, parse_close(payload) if opcode == CLOSE else payload))
-        elif opcode and fin:
+        elif opcode and b0 & 0x80 and not b0 & RSV1:
             if opcode == TEXT and not is_utf8(payload):
                 raise ProtocolError(INVALID_DATA, "text message is not UTF-8")
             events.append((opcode, payload))
         else:
-            if opcode:
-                self._opcode = opcode
-                if opcode == TEXT:
-                    self._decoder = codecs.getincrementaldecoder("utf-8")()
-            if self._decoder is not None:
-                try:
-                    self._decoder.decode(payload, bool(fin))
-                except UnicodeDecodeError:
-                    raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
-            self._parts.append(payload)
             self._size += len(payload)
-            if fin:
+            self._on_data(b0 & 0x80, b0 & 0x7F, payload, events)
+
+    def _on_data(self, fin: int, first: int, payload: bytes, events: list) -> None:
+        """A data frame's payload, or (streaming) the part of it that came;
+        `first` is the frame's opcode and RSV bits if it starts one (else 0),
+        `fin` set on the piece that ends the message."""
+        if first & 0x0F:
+            self._opcode = first & 0x0F
+            self._compressed = bool(first & RSV1)
+            if self._opcode == TEXT and not fin:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
+        if self._compressed:
+            payload = self._inflate(payload, bool(fin))
+        if self._decoder is not None:
+            try:
+                self._decoder.decode(payload, bool(fin))
+            except UnicodeDecodeError:
+                raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
+        elif self._opcode == TEXT and not is_utf8(payload):
+            raise ProtocolError(INVALID_DATA, "text message is not UTF-8")
+        if self.stream:
+            if payload or fin:
+                events.append((self._opcode if fin else self._opcode | PART, payload))
+        elif fin and not self._parts:
+            events.append((self._opcode, payload))
+        else:
+            self._parts.append(payload)
+        if fin:
+            if self._parts:
                 events.append((self._opcode, b"".join(self._parts)))
-                self._opcode, self._parts, self._size, self._decoder = 0, [], 0, None
+            self._opcode, self._parts, self._size, self._decoder = 0, [], 0, None
+            self._compressed, self._inflated = False, 0
+
+    def _inflate(self, payload: bytes, last: bool) -> bytes:
+        assert self.deflate is not None
+        budget = self.max_message - self._inflated
+        try:
+            data = self.deflate.inflate(payload, budget, last)
+        except ValueError:
+            # RFC 7692 section 6.1 leaves the code open; the message's data is
+            # not what its type says (RFC 6455 section 7.4.1: 1007).
+            raise ProtocolError(INVALID_DATA, "invalid compressed data") from None
+        if len(data) > budget:
+            raise ProtocolError(TOO_BIG, f"message exceeds {self.max_message} bytes")
+        self._inflated += len(data)
+        return data
 
 
 # --- one connection's I/O ---------------------------------------------------
@@ -314,9 +398,11 @@ class FrameReader:
 class WebSocket:
     """A server-side WebSocket over a trio stream, after the 101 was sent."""
 
-    def __init__(self, stream: trio.abc.Stream, max_message: int, trailing: bytes = b"") -> None:
+    def __init__(self, stream: trio.abc.Stream, max_message: int, trailing: bytes = b"",
+                 deflate: Optional["Deflate"] = None) -> None:
         self.stream = stream
-        self.reader = FrameReader(max_message)
+        self.reader = FrameReader(max_message, deflate)
+        self.deflate = deflate
         self.bytes_in = 0
         self.bytes_out = 0
         self.close_sent: Optional[Tuple[int, str]] = None
@@ -349,7 +435,7 @@ class WebSocket:
             if len(events) == 1 and events[0][0] <= BINARY and self.reader.error is None:
                 return events  # type: ignore[return-value]  # the usual case: one data message
             for opcode, payload in events:
-                if opcode <= BINARY:
+                if opcode <= BINARY or opcode & PART:
                     self._pending.append((opcode, payload))  # type: ignore[arg-type]
                 elif opcode == PING and not self.close_sent:
                     await self._send(encode_frame(PONG, payload))  # type: ignore[arg-type]
@@ -377,13 +463,24 @@ class WebSocket:
         """One data message; False if the connection is no longer open."""
         if not self.open:
             return False
+        if self.deflate is not None:
+            return await self._send(self.encode(opcode, payload))
         return await self._send(encode_frame(opcode, payload))
 
     async def send_messages(self, messages: Sequence[Message]) -> bool:
         """Send data messages in one write; False if the connection is no longer open."""
         if not self.open:
             return False
-        return await self._send(b"".join([encode_frame(op, data) for op, data in messages]))
+        encode = encode_frame if self.deflate is None else self.encode
+        return await self._send(b"".join([encode(op, data) for op, data in messages]))
+
+    def encode(self, opcode: int, payload: bytes) -> bytes:
+        """A data message as a frame, compressed (RSV1 set) unless deflate declines."""
+        assert self.deflate is not None
+        compressed = self.deflate.compress(payload)
+        if compressed is None:
+            return encode_frame(opcode, payload)
+        return encode_frame(opcode | RSV1, compressed)
 
     async def send_frames(self, data: bytes) -> bool:
         """Data messages already encoded with encode_frame, in one write."""

@@ -25,7 +25,7 @@ from ..proc.framing import CLOSE, FrameError, FrameReader, FrameTooBig, frames
 from ..proc.lines import LineSplitter, LineTooLong
 from ..proc.passstderr import StreamsReader
 from ..proc.shebang import spawn_failure
-from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, TEXT, TOO_BIG, is_utf8
+from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, PART, TEXT, TOO_BIG, is_utf8
 from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 
 if TYPE_CHECKING:
@@ -52,11 +52,15 @@ def process_outcome(status: Optional[int], too_long: str = "", not_started: str 
 
 def stdin_data(messages: Sequence[Message], binary: bool) -> bytes:
     """Client messages as a handler reads them: raw in binary mode, each
-    followed by "\n" in text mode (the usual single message without a join)."""
+    followed by "\n" in text mode (the usual single message without a join).
+    A piece of a streamed message (PART, --maxframesize 0) gets its "\n"
+    only with the message's last piece."""
     if len(messages) == 1:
-        return messages[0][1] if binary else messages[0][1] + b"\n"
-    payloads = [payload for _, payload in messages]
-    return b"".join(payloads) if binary else b"\n".join(payloads) + b"\n"
+        opcode, payload = messages[0]
+        return payload if binary or opcode & PART else payload + b"\n"
+    if binary:
+        return b"".join([payload for _, payload in messages])
+    return b"".join([payload if opcode & PART else payload + b"\n" for opcode, payload in messages])
 
 
 def line_message(line: bytes) -> Message:
