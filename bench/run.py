@@ -425,6 +425,12 @@ class Scenario:
         return self.figures + extra + [Figure("left", "children left after", "0")]
 
 
+def selects(word: str, sid: str) -> bool:
+    """--scenarios: an id, or its prefix up to a letter: S3 is S3a and S3b,
+    S1 is S1 and not S10."""
+    return sid == word or (sid.startswith(word) and not (word[-1].isdigit() and sid[len(word)].isdigit()))
+
+
 def make_scenarios(quick: bool, s7_clients: int = 0) -> list[Scenario]:
     import loadgen as lg  # after ensure_deps: it imports picows
 
@@ -828,7 +834,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     wanted = [w.strip() for w in args.scenarios.split(",") if w.strip()]
     scenarios = [s for s in make_scenarios(args.quick, args.s7_clients)
-                 if not wanted or any(s.sid.startswith(w) for w in wanted)]
+                 if not wanted or any(selects(w, s.sid) for w in wanted)]
     if not scenarios:
         ap.error(f"no scenario matches {args.scenarios!r}")
     if any(sc.origin for sc in scenarios):

@@ -213,15 +213,20 @@ async def test_a_working_directory_is_set_by_the_c_library_and_refused_inline(tm
         with trio.fail_after(5):
             await trio.lowlevel.wait_readable(ours)
         assert ours.recv(4096).decode().strip() == str(tmp_path)
-        with trio.fail_after(5):
-            while os.waitpid(pid, os.WNOHANG)[0] == 0:
-                await trio.sleep(0.01)
+        await reaped(pid)
     finally:
         spawner.close()
         ours.close()
         theirs.close()
         os.close(err_read)
         os.close(err_write)
+
+
+async def reaped(pid: int) -> None:
+    """Until the test's own child has exited and been reaped (at most 5 s)."""
+    with trio.fail_after(5):
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            await trio.sleep(0.01)
 
 
 @pytest.mark.parametrize("threaded", MODES)
@@ -247,9 +252,7 @@ async def test_a_terminal_becomes_stdin_stdout_and_the_controlling_terminal(thre
                     break  # EIO: the handler's copies are all closed
                 out += chunk
         assert out == b"True True False\n"  # raw mode: no CR added
-        with trio.fail_after(5):
-            while os.waitpid(pid, os.WNOHANG)[0] == 0:
-                await trio.sleep(0.01)
+        await reaped(pid)
     finally:
         spawner.close()
         terminal.close()
