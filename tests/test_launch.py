@@ -12,6 +12,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,124 @@ async def test_the_gate_sets_limits_without_an_exec(tmp_path):
         assert await collect(url + "/") == ([f"{os.getpid()} 50"], 1000, "")
         with pytest.raises(PermissionError):
             await trio.to_thread.run_sync(open, state.handlers.gate.path)
+
+
+@trio_test(20)
+async def test_the_gate_with_pty(tmp_path):
+    """--pty and --rlimit: the terminal is the handler's stdin and stdout and
+    its limits are set at the gate."""
+    handler = script(tmp_path, "h.sh", "#!/bin/sh\n[ -t 0 ] && [ -t 1 ] && t=tty\necho $PPID $(ulimit -n) $t\n",
+                     "/bin/sh")
+    async with serving(make_config(handler, rlimits=("nofile=52",), pty=True)) as (state, url):
+        assert state.handlers.gate is not None
+        assert await collect(url + "/") == ([f"{os.getpid()} 52 tty"], 1000, "")
+
+
+@trio_test(40)
+async def test_many_handlers_at_the_gate_at_once_each_get_their_limits(tmp_path):
+    """The event loop answers the gate while two spawner threads wait there:
+    40 clients at once all run under the limits, as wsexec's children."""
+    handler = script(tmp_path, "h.sh", "#!/bin/sh\necho $PPID $(ulimit -n)\n", "/bin/sh")
+    results = []
+    async with serving(make_config(handler, rlimits=("nofile=50",))) as (state, url):
+        assert state.handlers.gate is not None and state.handlers.spawner.threads == 2
+
+        async def one() -> None:
+            results.append(await collect(url + "/", timeout=30))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(one)
+    assert results == [([f"{os.getpid()} 50"], 1000, "")] * 40
+
+
+def test_a_child_still_at_the_gate_is_answered_when_the_spawner_stops(tmp_path):
+    """Shutting down while a spawner thread waits at the gate: the gate is
+    answered meanwhile (with the limits), the thread ends, no handler runs
+    without them."""
+    from wsexec.proc.gate import Gate
+
+    async def main() -> None:
+        gate = Gate(parse_limits(["nofile=45"]))  # nobody serves it: a child waits there
+        spawner = Spawner()
+        spawner.threads = 2
+        out = tmp_path / "out"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+        pids = []
+
+        async def spawn() -> None:
+            pids.append(await spawner.spawn(["/bin/sh", "-c", "ulimit -n"], {"PATH": "/usr/bin:/bin"}, fd, fd,
+                                            gate=gate.checkpoint))
+
+        try:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(spawn)
+                    await trio.sleep(0.5)
+                    assert not pids  # still at the gate
+                    spawner.close(gate.answer)  # answered while the spawner stops
+                gate.close()
+        finally:
+            os.close(fd)
+        assert os.waitpid(pids[0], 0)[1] == 0
+        assert out.read_text() == "45\n"
+
+    trio.run(main)
+
+
+GATED_SPAWN = """
+import os, sys, trio
+from wsexec.proc.gate import Gate
+from wsexec.proc.launch import parse_limits
+from wsexec.proc.spawn import Spawner
+
+async def main():
+    gate = Gate(parse_limits(["nofile=45"]))  # nobody serves it: the child waits there
+    spawner = Spawner()
+    print(gate.directory, flush=True)
+    await spawner.spawn(["/bin/sh", "-c", "touch " + sys.argv[1]], {"PATH": "/usr/bin:/bin"}, 1, 2,
+                        gate=gate.checkpoint)
+
+trio.run(main)
+"""
+
+
+def test_a_child_at_the_gate_when_wsexec_dies_neither_runs_nor_hangs(tmp_path):
+    """wsexec killed (SIGKILL, no clean-up) while a child waits at the gate:
+    the kernel lets the child through, the liveness check stops its spawn
+    there, and it exits; its handler never runs, unlimited or otherwise."""
+    marker = tmp_path / "ran"
+    proc = subprocess.Popen([PY, "-c", GATED_SPAWN, str(marker)], cwd=ROOT, stdout=subprocess.PIPE)
+    child = 0
+    try:
+        directory = proc.stdout.readline().decode().strip()
+        deadline = time.monotonic() + 10
+        while not child and time.monotonic() < deadline:
+            for task in os.listdir(f"/proc/{proc.pid}/task"):  # the spawner thread's child
+                pids = Path(f"/proc/{proc.pid}/task/{task}/children").read_text().split()
+                child = child or (int(pids[0]) if pids else 0)
+            time.sleep(0.02)
+        assert child, "no child"
+        while "fanotify" not in Path(f"/proc/{child}/wchan").read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "fanotify" in Path(f"/proc/{child}/wchan").read_text()  # waiting at the gate
+    finally:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break  # exited and reaped
+        if state == "Z":
+            break  # exited
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the child still waits at the gate")
+    assert not marker.exists()
+    shutil.rmtree(directory, ignore_errors=True)  # the dead process could not
 
 
 def run_wsexec(*args: str, prefix=()) -> subprocess.CompletedProcess:

@@ -129,18 +129,25 @@ class Handlers:
             try:
                 if self.spawner.credentials != (None, None) and not capable(CAP_SYS_RESOURCE):
                     raise OSError(0, "no CAP_SYS_RESOURCE for the --user handlers' limits")
+                if not self.spawner.threaded:
+                    raise OSError(0, "no spawner thread")  # an inline spawn would wait at the gate for itself
                 self.gate = Gate(self.limits)
                 self.launcher = self._setpriv
+                self.spawner.threads = 2
             except OSError as e:  # not root, or no fanotify permission events: one exec more
                 logger.info("--rlimit: limits set by prlimit before each handler (no gate: %s)", e.strerror)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.stderr.run)
+                if self.gate is not None:
+                    nursery.start_soon(self.gate.serve)
                 await self._reap_on_signal(task_status)
         finally:
             self.stderr.close_all()
-            self.spawner.close()
-            if self.gate is not None:  # after the spawner: a child at the gate is still answered
+            if self.gate is None:
+                self.spawner.close()
+            else:  # a child still at the gate is answered while the spawner stops
+                self.spawner.close(self.gate.answer)
                 self.gate.close()
 
     async def _reap_on_signal(self, task_status) -> None:  # type: ignore[no-untyped-def]
@@ -197,7 +204,7 @@ class Handlers:
             stdio = theirs.fileno() if theirs is not None else -1
             pid = await self.spawner.spawn(self.launcher + tuple(argv), env, stdio, err_write, cwd,
                                            terminal.path if terminal is not None else None,
-                                           self.gate.path if self.gate is not None else None)
+                                           self.gate.checkpoint if self.gate is not None else None)
             self.stats.started(time.monotonic() - began)
         except BaseException:
             io.close()

@@ -6,7 +6,7 @@ set one; prlimit(2) can set another process's, but only before the handler's
 first instruction will do. So the spawn's first file action opens a gate
 file, which is watched by a fanotify permission mark: the child's open()
 waits in the kernel until wsexec answers, and the event names the child's
-pid. This module's thread then sets the limits with prlimit(2) and lets it
+pid. wsexec's event loop then sets the limits with prlimit(2) and lets it
 through; the spawn goes on (its other file actions, exec). Nothing is exec'd
 in between, so a limited handler costs about what a plain one does.
 
@@ -26,19 +26,20 @@ import ctypes.util
 import logging
 import os
 import resource
-import select
 import shutil
 import struct
 import tempfile
-import threading
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
+
+import trio
 
 from .launch import INFINITY, Limit
+from .spawn import Checkpoint
 
 logger = logging.getLogger(__name__)
 
 # <sys/fanotify.h>
-_CLOEXEC, _CLASS_CONTENT, _OPEN_PERM, _MARK_ADD = 0x1, 0x4, 0x10000, 0x1
+_CLOEXEC, _NONBLOCK, _CLASS_CONTENT, _OPEN_PERM, _MARK_ADD = 0x1, 0x2, 0x4, 0x10000, 0x1
 _ALLOW, _DENY = 0x1, 0x2
 _AT_FDCWD = -100
 _EVENT = struct.Struct("IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
@@ -63,22 +64,31 @@ def _resource(name: str) -> int:
 
 
 class Gate:
-    """The gate for one server's handlers; `path` is what a spawn opens."""
+    """The gate for one server's handlers; `path` is what a spawn opens.
+
+    serve() answers on the event loop: a child at the gate waits for the
+    loop's next turn, and no other thread has to take the GIL for it (a
+    thread of its own cost ~300 µs of CPU per spawn in S4, mostly in
+    handing the GIL over). So the spawner runs more than one thread
+    (wsexec/proc/spawn.py) and several children can wait at once."""
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         self.limits: Tuple[Tuple[int, Tuple[int, int]], ...] = tuple(
             (_resource(lim.name), tuple(resource.RLIM_INFINITY if v == INFINITY else v for v in (lim.soft, lim.hard)))
             for lim in limits)  # type: ignore[misc]
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fd = libc.fanotify_init(_CLASS_CONTENT | _CLOEXEC, os.O_RDONLY | os.O_CLOEXEC)
+        fd = libc.fanotify_init(_CLASS_CONTENT | _CLOEXEC | _NONBLOCK, os.O_RDONLY | os.O_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify: {os.strerror(err)}")
         self.fd = fd
         self.directory = ""
+        self._alive = -1
+        self._parent = b" %d " % os.getpid()
         # A directory others may pass through but not list (handlers run as
-        # --user reach the gate by its random name), and a file they may read.
-        self.directory = tempfile.mkdtemp(prefix="wsexec-gate-")
+        # --user reach the gate by its random name): in /run where there is
+        # one (no tmp cleaner ages it out), else in the temporary directory.
+        self.directory = tempfile.mkdtemp(prefix="wsexec-gate-", dir="/run" if os.access("/run", os.W_OK) else None)
         try:
             os.chmod(self.directory, 0o711)
             self.path = os.path.join(self.directory, "gate")
@@ -86,26 +96,35 @@ class Gate:
             if libc.fanotify_mark(fd, _MARK_ADD, ctypes.c_uint64(_OPEN_PERM), _AT_FDCWD, os.fsencode(self.path)) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"fanotify_mark: {os.strerror(err)}")
-            self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
+            # Should wsexec die with a child at the gate, the kernel lets the
+            # child through once nothing holds the fanotify descriptor (so
+            # children close their copies first): it then finds no reader on
+            # this pipe, and its spawn fails instead of running unlimited.
+            alive = os.path.join(self.directory, "alive")
+            os.mkfifo(alive)
+            os.chmod(alive, 0o222)
+            self._alive = os.open(alive, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             self._remove()
             raise
-        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="wsexec-gate", daemon=True)
-        self._thread.start()
+        self.checkpoint = Checkpoint(self.path, alive, (self.fd, self._alive))
 
-    def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        poller.register(self._wake_read, select.POLLIN)
+    async def serve(self) -> None:
+        """Answer each child as it reaches the gate, until cancelled."""
         while True:
-            ready = {fd for fd, _ in poller.poll()}
-            if self._wake_read in ready:
-                return
+            await trio.lowlevel.wait_readable(self.fd)
+            self.answer()
+
+    def answer(self) -> None:
+        """Answer every child waiting at the gate now; never blocks."""
+        while True:
             try:
                 data = os.read(self.fd, 4096)
-            except OSError as e:  # the thread must go on: a child waits at the gate until answered
+            except BlockingIOError:
+                return
+            except OSError as e:  # the loop must go on: a child waits at the gate until answered
                 logger.error("--rlimit gate: %s", e)
-                continue
+                return
             offset = 0
             while offset + _EVENT.size <= len(data):
                 length, _, _, _, _, event_fd, pid = _EVENT.unpack_from(data, offset)
@@ -127,26 +146,29 @@ class Gate:
             finally:
                 os.close(event_fd)
 
-    @staticmethod
-    def _ours(pid: int) -> bool:
+    def _ours(self, pid: int) -> bool:
         """Only wsexec's own children pass (anyone else who opens the gate
-        is refused)."""
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2:].split()[1]) == os.getpid()
+        is refused: prlimit as root could raise their hard limits)."""
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        # "pid (comm) S ppid ...": comm may hold anything, so from its last ')'.
+        return stat[stat.rindex(b")") + 3:].startswith(self._parent)
 
     def close(self) -> None:
-        """After the last spawn (a child still at the gate would be let through
-        without its limits once the fanotify descriptor is closed)."""
-        if self._thread is not None:
-            os.write(self._wake_write, b"\0")
-            self._thread.join(5)
-            self._thread = None
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+        """After the last spawn: a child still at the gate would be let
+        through without its limits once the descriptor is closed, so the
+        spawner's threads are stopped first (answering as they finish)."""
+        if self.fd >= 0:
+            self.answer()
         self._remove()
 
     def _remove(self) -> None:
+        if self._alive >= 0:
+            os.close(self._alive)
+            self._alive = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -5,8 +5,9 @@ exec, which takes as long as the kernel needs to open and map the program
 (longer on slow storage, and on a busy machine until the caller is scheduled
 again: 0.1-1.4 ms each under the benchmark's connection-rate load). Python's
 os.posix_spawn also holds the GIL for all of it. So the C library's
-posix_spawn is called through ctypes, which releases the GIL, from one
-spawner thread; the loop goes on serving other connections meanwhile.
+posix_spawn is called through ctypes, which releases the GIL, from a
+spawner thread (two with --rlimit, whose children wait at a gate the loop
+answers); the loop goes on serving other connections meanwhile.
 
 Where that is not available (not Linux, no C library found) spawns run
 inline with os.posix_spawn.
@@ -22,8 +23,9 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections import deque
-from typing import Deque, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import trio
 
@@ -45,7 +47,7 @@ _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodee
 
 
 def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                  cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[str] = None) -> int:
+                  cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[Checkpoint] = None) -> int:
     if cwd is not None:  # os.posix_spawn has no chdir action
         raise OSError(errno.ENOSYS, "--cwd needs the C library's posix_spawn_file_actions_addchdir_np")
     # A new session (--pty) makes the handler its group's leader too; setpgid would then fail.
@@ -54,21 +56,32 @@ def _inline_spawn(argv: Sequence[str], env: Mapping[str, str], stdio: int, stder
                           setsigdef=RESET_SIGNALS, setsigmask=(), **group)
 
 
-def _stdio_actions(stdio: int, stderr: int, terminal: Optional[str], gate: Optional[str]) -> list:
+class Checkpoint(NamedTuple):
+    """Where a child waits for its --rlimit limits (wsexec/proc/gate.py):
+    it closes `fds` (its copies of wsexec's side), opens `gate` (and waits
+    there), then opens `alive`, which only succeeds while wsexec lives."""
+    gate: str
+    alive: str
+    fds: Tuple[int, ...]
+
+
+def _stdio_actions(stdio: int, stderr: int, terminal: Optional[str], gate: Optional[Checkpoint]) -> list:
     """The file actions, as os.posix_spawn takes them. stdin and stdout: one
     socket; or with --pty the terminal, opened by path after setsid so that
-    it becomes the controlling terminal. With --rlimit the gate
-    (wsexec/proc/gate.py) is opened first, onto a descriptor the next
-    action replaces, so that no later action needs a new descriptor."""
+    it becomes the controlling terminal. With --rlimit the checkpoint's
+    files are opened first, onto a descriptor the next action replaces, so
+    that no later action needs a new descriptor."""
+    target = 0 if terminal is None else 1
     actions: list = []
+    if terminal is not None:
+        actions.append((os.POSIX_SPAWN_OPEN, 0, terminal, os.O_RDWR, 0))
+    if gate is not None:
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in gate.fds]
+        actions += [(os.POSIX_SPAWN_OPEN, target, gate.gate, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, target, gate.alive, os.O_WRONLY | os.O_NONBLOCK, 0)]
     if terminal is None:
-        if gate is not None:
-            actions.append((os.POSIX_SPAWN_OPEN, 0, gate, os.O_RDONLY, 0))
         actions += [(os.POSIX_SPAWN_DUP2, stdio, 0), (os.POSIX_SPAWN_DUP2, stdio, 1)]
     else:
-        actions.append((os.POSIX_SPAWN_OPEN, 0, terminal, os.O_RDWR, 0))
-        if gate is not None:
-            actions.append((os.POSIX_SPAWN_OPEN, 1, gate, os.O_RDONLY, 0))
         actions.append((os.POSIX_SPAWN_DUP2, 0, 1))
     return actions + [(os.POSIX_SPAWN_DUP2, stderr, 2)]
 
@@ -93,6 +106,7 @@ class _Libc:
         self.quick = quick = ctypes.PyDLL(path, use_errno=True)
         self.libc.posix_spawn.restype = ctypes.c_int
         for name in ("posix_spawn_file_actions_init", "posix_spawn_file_actions_adddup2", "posix_spawn_file_actions_addopen",
+                     "posix_spawn_file_actions_addclose",
                      "posix_spawn_file_actions_destroy", "posix_spawnattr_init", "posix_spawnattr_setflags",
                      "posix_spawnattr_setpgroup", "posix_spawnattr_setsigdefault", "posix_spawnattr_setsigmask",
                      "sigemptyset", "sigaddset"):
@@ -126,7 +140,7 @@ class _Libc:
             raise OSError(result, os.strerror(result))
 
     def prepare(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[str] = None) -> "_Request":
+                cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[Checkpoint] = None) -> "_Request":
         """Everything the C call needs, built on the loop's thread."""
         if "=" in "".join(env) or "" in env:
             raise ValueError("illegal environment variable name")
@@ -140,6 +154,8 @@ class _Libc:
                 if action[0] == os.POSIX_SPAWN_OPEN:
                     _, fd, path, flags, mode = action
                     self._check(quick.posix_spawn_file_actions_addopen(actions, fd, os.fsencode(path), flags, mode))
+                elif action[0] == os.POSIX_SPAWN_CLOSE:
+                    self._check(quick.posix_spawn_file_actions_addclose(actions, action[1]))
                 else:
                     self._check(quick.posix_spawn_file_actions_adddup2(actions, action[1], action[2]))
             if cwd is not None:  # --cwd: glibc 2.29 and later
@@ -223,7 +239,8 @@ class Spawner:
         self.credentials = credentials if wanted and self.can_take_credentials else (None, None)
         self._queue: "queue.SimpleQueue[Optional[_Request]]" = queue.SimpleQueue()
         self._finished: Deque[_Request] = deque()
-        self._thread: Optional[threading.Thread] = None
+        self._threads: List[threading.Thread] = []
+        self.threads = 1  # how many to start: more while children wait at the --rlimit gate
         self._pipe: Optional[Tuple[int, int]] = None  # (read, write): "some request finished"
 
     @property
@@ -274,7 +291,7 @@ class Spawner:
             return  # close()
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdio: int, stderr: int,
-                    cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[str] = None) -> int:
+                    cwd: Optional[str] = None, terminal: Optional[str] = None, gate: Optional[Checkpoint] = None) -> int:
         """stdio is the handler's stdin and stdout, unless terminal (a path,
         --pty) is given: then that is, and the handler leads a new session.
         gate: where the child waits for its --rlimit limits."""
@@ -282,12 +299,14 @@ class Spawner:
         if libc is None:
             return _inline_spawn(argv, env, stdio, stderr, cwd, terminal, gate)
         request = libc.prepare(argv, env, stdio, stderr, cwd, terminal, gate)
-        if self._thread is None:
+        if not self._threads:
             self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             trio.lowlevel.spawn_system_task(self._deliver, self._pipe[0], name="wsexec-spawner-results")
-            self._thread = threading.Thread(target=self._run, args=(libc, self._pipe[1]), name="wsexec-spawner",
-                                            daemon=True)
-            self._thread.start()
+            for _ in range(self.threads):
+                thread = threading.Thread(target=self._run, args=(libc, self._pipe[1]), name="wsexec-spawner",
+                                          daemon=True)
+                thread.start()
+                self._threads.append(thread)
         request.task = trio.lowlevel.current_task()
         self._queue.put(request)
         # Not cancellable: the child exists once the call returns, and its
@@ -297,17 +316,25 @@ class Spawner:
             raise request.error
         return request.result
 
-    def close(self) -> None:
-        """Stop the thread (nothing is queued once no task waits on it). Call
-        it inside the trio run that used spawn()."""
-        if self._thread is None or self._pipe is None:
+    def close(self, waiting: Callable[[], None] = lambda: None) -> None:
+        """Stop the threads (nothing is queued once no task waits on them).
+        Call it inside the trio run that used spawn(); waiting() is called
+        while they finish (the --rlimit gate answers a child there)."""
+        if not self._threads or self._pipe is None:
             return
-        self._queue.put(None)
-        self._thread.join(1)
-        if self._thread.is_alive():
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + 1
+        for thread in self._threads:
+            while thread.is_alive() and time.monotonic() < deadline:
+                waiting()
+                thread.join(0.01)
+        if any(thread.is_alive() for thread in self._threads):
             return  # stuck in an exec: its pipe stays open for it to write to
+        while self._finished:  # finished after the results task last looked
+            trio.lowlevel.reschedule(self._finished.popleft().task)  # type: ignore[arg-type]
         read, write = self._pipe
         trio.lowlevel.notify_closing(read)
         os.close(read)
         os.close(write)
-        self._thread = self._pipe = None
+        self._threads, self._pipe = [], None
