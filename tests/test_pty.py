@@ -139,6 +139,26 @@ async def test_the_handler_leads_a_session_with_the_terminal_as_its_own(tmp_path
     assert code == 1000
 
 
+@pytest.mark.parametrize("options, size", [({}, "24 80"), ({"ptysize": (132, 50)}, "50 132")])
+@trio_test(20)
+async def test_the_terminal_has_a_window_size(tmp_path, options, size):
+    """stty reads the window from the terminal (TIOCGWINSZ), as ps and ls do."""
+    handler = script(tmp_path, "size.sh", "#!/bin/sh\nstty size\n", "/bin/sh")
+    async with serving(make_config(handler, pty=True, **options)) as (state, url):
+        assert await collect(url + "/") == ([size], 1000, "")
+
+
+@pytest.mark.parametrize("value", ["80", "80x", "x24", "0x24", "80x65536", "eightyx24", "-80x24"])
+def test_a_bad_ptysize_is_a_usage_error(value):
+    import subprocess
+
+    from support.servers import ROOT
+
+    result = subprocess.run([PY, "-m", "wsexec", "--port", "0", "--pty", "--ptysize", value, "cat"], cwd=ROOT,
+                            capture_output=True, timeout=20)
+    assert result.returncode == 2 and b"not a window size" in result.stderr, result.stderr
+
+
 PID_THEN_WAIT = {
     "sighup": "import os, time\nprint(os.getpid(), flush=True)\nwhile True: time.sleep(0.2)\n",
     "ignores sighup, reads stdin": "import os, signal, sys\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n"

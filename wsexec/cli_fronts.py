@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict
 
 import click
 
-from .config import parse_size
+from .config import parse_size, parse_window
 from .net.listen import activated_fds, forget_activation
 
 
@@ -22,6 +22,18 @@ class Size(click.ParamType):
             return value
         try:
             return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class WindowSize(click.ParamType):
+    name = "COLSxROWS"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_window(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
 
@@ -67,6 +79,7 @@ OPTIONS = [
     click.option("--callbacktimeoutms", type=int, default=29_000, show_default=True, help="With --callback: milliseconds a request to the API may take (waiting for a pooled connection included); then 504 at connect, 1011 for a message."),
     click.option("--cwd", metavar="DIR", help="Run handlers and CGI scripts in DIR ('script': each in its own file's directory, as Apache runs CGI scripts). Default: wsexec's working directory."),
     click.option("--pty", is_flag=True, help="Give each WebSocket handler a pseudo-terminal in raw mode as stdin and stdout, so programs that buffer output when it is not a terminal (python, grep, tr, awk, sed, perl) send every line at once. stderr stays a pipe to the log. When the connection ends the terminal is hung up (SIGHUP, then the usual ladder). None left: HTTP 503."),
+    click.option("--ptysize", type=WindowSize(), default="80x24", show_default=True, metavar="COLSxROWS", help="With --pty: the terminal's window size in columns and rows, as programs such as ps, ls and top read it."),
     click.option("--user", metavar="NAME", help="Run handlers and CGI scripts as this user (a name or uid), in its group unless --group is given, without supplementary groups. wsexec must run as root."),
     click.option("--group", metavar="NAME", help="Run handlers and CGI scripts in this group (a name or gid), without supplementary groups. wsexec must run as root."),
     click.option("--rlimit", "rlimits", multiple=True, metavar="NAME=VALUE", help="A resource limit for handlers and CGI scripts, set before they start: cpu (seconds; SIGXCPU, SIGKILL a second later), as, data, fsize, core (bytes, K/M/G allowed), nofile, nproc; VALUE is SOFT or SOFT:HARD, or unlimited. Repeatable."),

@@ -106,6 +106,7 @@ class Config:
     cwd: Optional[str] = None  # handlers' working directory: a directory, or "script" (each one's own)
     # Handler controls (wsexec/proc/terminal.py, launch.py).
     pty: bool = False  # stdin and stdout a raw pseudo-terminal
+    ptysize: Tuple[int, int] = (80, 24)  # its window: columns, rows
     user: Optional[str] = None  # --user, --group: names or ids as given...
     group: Optional[str] = None
     rlimits: Tuple[str, ...] = ()  # --rlimit NAME=VALUE as given
@@ -170,6 +171,14 @@ def parse_size(text: str) -> int:
     if not number.isdigit():
         raise ValueError(f"not a size: {text!r} (use bytes, or a K, M or G suffix)")
     return int(number) * scale
+
+
+def parse_window(text: str) -> Tuple[int, int]:
+    """'80x24' -> (80, 24): a terminal's columns and rows, 1-65535 each."""
+    cols, sep, rows = text.strip().lower().partition("x")
+    if not (sep and cols.isdigit() and rows.isdigit() and 0 < int(cols) < 65536 and 0 < int(rows) < 65536):
+        raise ValueError(f"not a window size: {text!r} (COLSxROWS, e.g. 80x24)")
+    return int(cols), int(rows)
 
 
 def resolve_command(program: str, search_path: Optional[str]) -> str:

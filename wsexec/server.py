@@ -48,7 +48,8 @@ class Server:
         self.config = config
         self.stats = Stats()
         self.handlers = Handlers(config.maxforks, stats=self.stats, cwd=config.cwd, limits=config.limits,
-                                 prlimit=config.prlimit, owner=config.run_as, setpriv=config.setpriv)
+                                 prlimit=config.prlimit, owner=config.run_as, setpriv=config.setpriv,
+                                 ptysize=config.ptysize)
         self.registry = Registry()
         self.fronts = Fronts(config)
         backend: Optional[Backend] = None  # no COMMAND or --dir: the site alone is served

@@ -98,7 +98,8 @@ class Handlers:
 
     def __init__(self, maxforks: int = 0, spawner: Optional[Spawner] = None, stats: Optional[Stats] = None,
                  cwd: Optional[str] = None, limits: Sequence[Limit] = (), prlimit: str = "prlimit",
-                 owner: Tuple[Optional[int], Optional[int]] = (None, None), setpriv: str = "setpriv") -> None:
+                 owner: Tuple[Optional[int], Optional[int]] = (None, None), setpriv: str = "setpriv",
+                 ptysize: Tuple[int, int] = (80, 24)) -> None:
         self.children: Dict[int, Child] = {}
         self.spawner = spawner or Spawner(credentials=owner)
         # --rlimit: set at the gate (run() opens it), else by prlimit; --user,
@@ -113,13 +114,14 @@ class Handlers:
         self.stats = stats or Stats()
         self.cwd = cwd  # --cwd: a directory, "script" (each program's own), or None (wsexec's)
         self.owner = owner  # --user, --group: uid and gid, for the handler's terminal
+        self.ptysize = ptysize  # --ptysize: its window, columns and rows
 
     def open_terminal(self) -> Terminal:
         """--pty: a handler's terminal, taken before the upgrade is answered so
         that running out of them is an HTTP refusal; OSError if none is left."""
         from .terminal import Terminal
 
-        return Terminal.open(*self.owner)
+        return Terminal.open(*self.owner, self.ptysize)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         """Reap on SIGCHLD; meanwhile log every handler's stderr."""

@@ -16,9 +16,11 @@ terminal is closed: the end of output.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import termios
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import trio
 
@@ -61,12 +63,15 @@ class Terminal:
             await trio.lowlevel.checkpoint()
 
     @classmethod
-    def open(cls, owner: Optional[int] = None, group: Optional[int] = None) -> "Terminal":
-        """A new raw terminal; OSError when none is left (EAGAIN, ENOSPC at
-        /proc/sys/kernel/pty/max) or no descriptor is (EMFILE, ENFILE)."""
+    def open(cls, owner: Optional[int] = None, group: Optional[int] = None,
+             size: Tuple[int, int] = (80, 24)) -> "Terminal":
+        """A new raw terminal of size (columns, rows); OSError when none is
+        left (EAGAIN, ENOSPC at /proc/sys/kernel/pty/max) or no descriptor is
+        (EMFILE, ENFILE)."""
         master, slave = os.openpty()  # both close-on-exec, and neither becomes wsexec's own terminal
         try:
             make_raw(slave)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
             if owner is not None or group is not None:  # --user, --group: the handler's own terminal
                 os.fchown(slave, -1 if owner is None else owner, -1 if group is None else group)
             os.set_blocking(master, False)
