@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from support.clients import collect
+from support.clients import client_frame, collect, raw_upgrade
 from support.servers import PY, ROOT, WsexecProcess, drain_output, make_config, script, serving
 from support.procfs import descendants, fd_count
 from support.waiting import trio_test, wait_for, wait_until
@@ -66,6 +66,39 @@ async def test_the_sh_helper_upper_handler(tmp_path):
         got, code, reason = await collect(url + "/", ["abc\ndef\n", "x\n\n", "a\nb", b"\x00" * 10, "bye"])
     assert got == ["ABC\nDEF\n", "X\n\n", "A\nB", "a binary message of 10 bytes"]
     assert (code, reason) == (4000, "goodbye")
+
+
+@pytest.mark.parametrize("ending, told", [
+    ([client_frame(0x8, (3001).to_bytes(2, "big") + "see you \u2603".encode())], "3001 see you \u2603"),
+    ([client_frame(0x8)], "1005"),  # a close frame without a code
+    ([], "1006 client gone"),  # the TCP connection closed without a close frame
+    ([client_frame(0x1, b"x", mask=False)], "1002 "),  # a protocol error: the close wsexec sent
+    (None, "1001 server shutting down"),
+])
+@trio_test(30)
+async def test_the_handler_is_told_how_the_connection_ended(tmp_path, ending, told):
+    """A `c` record, last on the handler's stdin, says how the connection
+    ended without it."""
+    out = tmp_path / "stdin"
+    handler = script(tmp_path, "keep.sh", f"#!/bin/sh\nexec cat > {out}\n", "/bin/sh")
+    async with serving(make_config(handler, framed=True)) as (state, url):
+        stream, _ = await raw_upgrade(state.addresses[0][1])
+        await stream.send_all(client_frame(0x1, b"hi"))
+        await wait_until(lambda: out.exists() and out.read_bytes() == b"t 2\nhi\n", 10)
+        if ending is not None:
+            for frame in ending:
+                await stream.send_all(frame)
+            if not ending or ending[0][0] & 0x0F == 0x8:
+                await stream.aclose()
+            await wait_until(lambda: out.read_bytes() != b"t 2\nhi\n", 10)
+    if ending is None:
+        await wait_until(lambda: out.read_bytes() != b"t 2\nhi\n", 10)
+        await stream.aclose()
+    data = out.read_bytes()
+    assert data.startswith(b"t 2\nhi\nc ")
+    header, payload, end = data[len(b"t 2\nhi\n"):].split(b"\n", 2)
+    assert header == b"c %d" % len(payload) and end == b""
+    assert payload.decode().startswith(told), payload
 
 
 CLOSE_RECORD = r"""

@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsexec.backends.process import process_outcome
+from wsexec.backends import API_CLOSED, CLIENT_CLOSED, CLIENT_GONE, FAR_END_DONE, PROTOCOL_ERROR, SERVER_STOPPING, Ending
+from wsexec.backends.process import process_outcome, told_close
 from wsexec.proc.closing import parse_close, stderr_close
-from wsexec.proc.framing import BINARY, CLOSE, TEXT, FrameError, FrameReader, FrameTooBig, frame, frames
+from wsexec.proc.framing import (BINARY, CLOSE, TEXT, FrameError, FrameReader, FrameTooBig, close_record, frame,
+                                  frames)
 from wsexec.proc.passstderr import json_string, stream_message
 
 
@@ -204,3 +206,27 @@ def test_any_messages_in_any_pieces_come_back_whole(messages, cuts):
         pos, i = pos + step, i + 1
     reader.finish()
     assert records == messages
+
+
+@pytest.mark.parametrize("ending, told", [
+    (Ending(CLIENT_CLOSED, 1000, ""), (1000, "")),
+    (Ending(CLIENT_CLOSED, 3001, "see you"), (3001, "see you")),
+    (Ending(CLIENT_CLOSED, 1005, ""), (1005, "")),  # its close frame had no code
+    (Ending(CLIENT_GONE, 1006, "client gone"), (1006, "client gone")),
+    (Ending(PROTOCOL_ERROR, 1009, "message too big"), (1009, "message too big")),  # what wsexec sent
+    (Ending(API_CLOSED, 4000, "kicked"), (4000, "kicked")),
+    (Ending(SERVER_STOPPING), (1001, "server shutting down")),
+    (Ending(FAR_END_DONE), None),  # the handler ended it: nothing to tell
+])
+def test_the_close_a_framed_handler_is_told(ending, told):
+    assert told_close(ending) == told
+
+
+@pytest.mark.parametrize("code, reason, record", [
+    (1000, "", b"c 4\n1000\n"),
+    (1001, "server shutting down", b"c 25\n1001 server shutting down\n"),
+    (3001, "\u2603", b"c 8\n3001 \xe2\x98\x83\n"),  # LENGTH counts bytes
+])
+def test_close_record(code, reason, record):
+    assert close_record(code, reason) == record
+    assert FrameReader(1 << 20).feed(record) == [(CLOSE, record.split(b"\n")[1])]  # the reader takes it back

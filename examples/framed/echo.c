@@ -8,7 +8,8 @@ int main(void)
 {
     char type;
     size_t length;
-    while (scanf("%c %zu", &type, &length) == 2 && getchar() == '\n') {
+    /* A 'c' record comes last: how the connection ended (CODE REASON). */
+    while (scanf("%c %zu", &type, &length) == 2 && getchar() == '\n' && type != 'c') {
         char *payload = malloc(length + 1);
         if (payload == NULL || fread(payload, 1, length + 1, stdin) != length + 1)
             return 1;

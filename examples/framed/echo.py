@@ -23,6 +23,6 @@ def write_record(kind, payload):
 
 while True:
     record = read_record()
-    if record is None:
+    if record is None or record[0] == "c":  # the end: "c" says how (CODE REASON)
         break
     write_record(*record)

@@ -1,7 +1,9 @@
 # framed.sh: read and write --framed records from sh. Source it:  . ./framed.sh
 #
-#   frame_read         reads one record: $type (t or b) and $length; the
-#                      payload is left on stdin, read it with frame_payload
+#   frame_read         reads one record: $type (t or b, or c: the connection
+#                      has ended, the payload says how: CODE REASON) and
+#                      $length; the payload is left on stdin, read it with
+#                      frame_payload
 #   frame_payload      the payload to stdout (then its newline is skipped)
 #   frame_line         the payload of a one-line text message, into $line
 #   frame_send T DATA  sends DATA (no NUL bytes: sh strings hold none) as type T

@@ -3,7 +3,9 @@
 # binary message answered with its size; "bye" closes with 4000 (--framed).
 . "$(dirname "$0")/framed.sh"
 while frame_read; do
-    if [ "$type" = b ]; then
+    if [ "$type" = c ]; then
+        exit 0  # the connection has ended; frame_payload would say how (CODE REASON)
+    elif [ "$type" = b ]; then
         frame_payload >/dev/null
         frame_send t "a binary message of $length bytes"
     elif [ "$length" -eq 3 ]; then

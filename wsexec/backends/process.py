@@ -21,12 +21,12 @@ import trio
 from ..config import Config
 from ..proc.children import Child, Handlers, describe_status, stop
 from ..proc.closing import Close, parse_close
-from ..proc.framing import CLOSE, FrameError, FrameReader, FrameTooBig, frames
+from ..proc.framing import CLOSE, FrameError, FrameReader, FrameTooBig, close_record, frames
 from ..proc.lines import LineSplitter, LineTooLong
 from ..proc.passstderr import StreamsReader
 from ..proc.shebang import spawn_failure
 from ..websocket import BINARY, INTERNAL_ERROR, NORMAL, PART, TEXT, TOO_BIG, is_utf8
-from . import CannotStart, Ending, Message, Outcome, Refused, SessionInfo
+from . import FAR_END_DONE, SERVER_STOPPING, CannotStart, Ending, Message, Outcome, Refused, SessionInfo
 
 if TYPE_CHECKING:
     from ..proc.terminal import Terminal
@@ -69,6 +69,16 @@ def line_message(line: bytes) -> Message:
     return (TEXT if is_utf8(line) else BINARY, line)
 
 
+def told_close(ending: Ending) -> Optional[Close]:
+    """--framed: the close a handler's stdin gets as a `c` record, or None
+    when the handler itself ended the connection."""
+    if ending.kind == FAR_END_DONE:
+        return None
+    if ending.kind == SERVER_STOPPING:
+        return 1001, "server shutting down"
+    return ending.code, ending.reason
+
+
 class ProcessBackend:
     """Spawns a handler per session, within --maxforks."""
 
@@ -94,7 +104,8 @@ class ProcessBackend:
 
 class ProcessFarEnd:
     __slots__ = ("config", "handlers", "info", "label", "child", "splitter", "read_size", "output_ended",
-                 "too_long", "not_started", "outcome", "frames", "asked", "bad_output", "streams", "terminal")
+                 "too_long", "not_started", "outcome", "frames", "asked", "bad_output", "streams", "terminal",
+                 "writing")
     upgrade_headers = ()  # nothing for the 101
 
     def __init__(self, config: Config, handlers: Handlers, info: SessionInfo) -> None:
@@ -114,6 +125,7 @@ class ProcessFarEnd:
         self.not_started = ""
         self.outcome: Optional[Outcome] = None
         self.terminal: Optional["Terminal"] = None  # --pty: taken in connect(), the child's once started
+        self.writing = False  # a write to stdin is under way (cancelled mid-record, no `c` record may follow)
 
     @property
     def finished(self) -> bool:
@@ -140,12 +152,14 @@ class ProcessFarEnd:
     async def deliver(self, messages: Sequence[Message]) -> bool:
         assert self.child is not None
         data = frames(messages) if self.frames is not None else stdin_data(messages, self.splitter is None)
+        self.writing = True
         try:
             # A handler that does not read blocks this write; meanwhile
             # nobody reads the client, so ask whether it is still there.
             await self.child.io.send_all(data, still_wanted=self.info.client_present)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        self.writing = False
         return True
 
     async def receive(self) -> Optional[List[Message]]:
@@ -221,6 +235,9 @@ class ProcessFarEnd:
         child = self.child
         try:
             if child is not None:
+                told = told_close(ending) if self.frames is not None and not self.writing else None
+                if told is not None:  # without waiting: a handler that does not read is not waited for
+                    child.io.send_nowait(close_record(*told))
                 child.close_stdin()
                 await stop(child, self.config.closems)
         finally:

@@ -4,8 +4,11 @@ One record per message, the same on the handler's stdin and stdout:
 
     TYPE SP LENGTH LF PAYLOAD LF
 
-TYPE is `t` (a text message) or `b` (binary); on stdout also `c` (close the
-connection: the payload is `CODE REASON`, wsexec/proc/closing.py). LENGTH is
+TYPE is `t` (a text message) or `b` (binary), or `c` (close): on stdout
+the handler closes the connection (the payload is `CODE REASON`,
+wsexec/proc/closing.py); on stdin, last before end-of-file, wsexec tells
+how the connection ended without it (the client's close, 1006 if it left
+without one, 1001 when wsexec stops). LENGTH is
 the payload's size in bytes, 1 to 10 decimal digits. The LF after the
 payload is not part of it: it keeps a framed stream readable, lets a shell
 read a one-line text message with `read`, and catches a wrong LENGTH at
@@ -25,7 +28,7 @@ TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
 Record = Tuple[int, bytes]
 
 TYPES = {b"t": TEXT, b"b": BINARY, b"c": CLOSE}
-LETTERS = {TEXT: b"t", BINARY: b"b"}
+LETTERS = {TEXT: b"t", BINARY: b"b", CLOSE: b"c"}
 HEADER = re.compile(rb"([tbc]) ([0-9]{1,10})")
 HEADER_MAX = 14  # "t 1234567890\n"
 
@@ -41,6 +44,12 @@ class FrameTooBig(FrameError):
 def frame(kind: int, payload: bytes) -> bytes:
     """One message as the handler reads it."""
     return b"%s %d\n%s\n" % (LETTERS[kind], len(payload), payload)
+
+
+def close_record(code: int, reason: str) -> bytes:
+    """The `c` record on a handler's stdin: b'c 4\n1000\n', b'c 9\n1001 bye\n'."""
+    payload = b"%d %s" % (code, reason.encode("utf-8", "replace")) if reason else b"%d" % code
+    return frame(CLOSE, payload)
 
 
 def frames(messages: Sequence[Tuple[int, bytes]]) -> bytes:

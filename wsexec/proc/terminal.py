@@ -132,6 +132,14 @@ class Terminal:
                 raise trio.ClosedResourceError("terminal was hung up") from None
         await self._spend()
 
+    def send_nowait(self, data: bytes) -> None:
+        """One non-blocking attempt; whatever does not fit is dropped."""
+        if not self._closed:
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                pass
+
     def shutdown_write(self) -> None:
         """Raw mode has no end-of-file character: hang up instead."""
         self.close()
