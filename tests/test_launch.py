@@ -214,6 +214,10 @@ async def test_the_gate_sets_limits_without_an_exec(tmp_path):
         assert await collect(url + "/") == ([f"{os.getpid()} 50"], 1000, "")
         with pytest.raises(PermissionError):
             await trio.to_thread.run_sync(open, state.handlers.gate.path)
+        # Nor a process further down (sh's child, not wsexec's).
+        stranger = await trio.run_process(["/bin/sh", "-c", f"cat {state.handlers.gate.path}; echo $?"],
+                                          capture_stdout=True, capture_stderr=True)
+        assert stranger.stdout == b"1\n" and b"Operation not permitted" in stranger.stderr, stranger
 
 
 @trio_test(20)

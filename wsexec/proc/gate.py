@@ -84,7 +84,6 @@ class Gate:
         self.fd = fd
         self.directory = ""
         self._alive = -1
-        self._parent = b" %d " % os.getpid()
         # A directory others may pass through but not list (handlers run as
         # --user reach the gate by its random name): in /run where there is
         # one (no tmp cleaner ages it out), else in the temporary directory.
@@ -146,16 +145,17 @@ class Gate:
             finally:
                 os.close(event_fd)
 
-    def _ours(self, pid: int) -> bool:
+    @staticmethod
+    def _ours(pid: int) -> bool:
         """Only wsexec's own children pass (anyone else who opens the gate
-        is refused: prlimit as root could raise their hard limits)."""
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        is refused: prlimit as root could raise their hard limits). One
+        system call: waitid() on a pid that is not our child fails; on ours
+        it neither waits (WNOHANG) nor reaps (WNOWAIT)."""
         try:
-            stat = os.read(fd, 1024)
-        finally:
-            os.close(fd)
-        # "pid (comm) S ppid ...": comm may hold anything, so from its last ')'.
-        return stat[stat.rindex(b")") + 3:].startswith(self._parent)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
 
     def close(self) -> None:
         """After the last spawn: a child still at the gate would be let
