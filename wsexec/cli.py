@@ -10,20 +10,11 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .cli_fronts import Size, front_options, front_settings
+from .cli_fronts import SIZE, Parsed, front_options, front_settings
 from .config import DEFAULT_PORT, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, load, parse_header
 
 
-class HeaderLine(click.ParamType):
-    name = "'NAME: VALUE'"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_header(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+HEADER_LINE = Parsed("'NAME: VALUE'", parse_header, tuple)
 
 
 class EnvAssignment(click.ParamType):
@@ -69,14 +60,14 @@ def split_list(value: str) -> tuple:
 @click.option("--reverselookup", is_flag=True, help="Resolve the client address to a host name for REMOTE_HOST.")
 @click.option("--origin", default="", metavar="LIST", help="Comma-separated allowed origins (host, host:port or scheme://host:port); others get 403.")
 @click.option("--sameorigin", is_flag=True, help="Allow only an Origin whose host matches the Host header.")
-@click.option("--header", multiple=True, type=HeaderLine(), help="Header added to every response; repeatable.")
-@click.option("--header-ws", multiple=True, type=HeaderLine(), help="Header added to WebSocket upgrade responses; repeatable.")
-@click.option("--header-http", multiple=True, type=HeaderLine(), help="Header added to plain HTTP responses; repeatable.")
+@click.option("--header", multiple=True, type=HEADER_LINE, help="Header added to every response; repeatable.")
+@click.option("--header-ws", multiple=True, type=HEADER_LINE, help="Header added to WebSocket upgrade responses; repeatable.")
+@click.option("--header-http", multiple=True, type=HEADER_LINE, help="Header added to plain HTTP responses; repeatable.")
 @click.option("--loglevel", type=click.Choice(LOG_LEVELS), default="access", show_default=True, help="Least severe log level shown.")
 @click.option("--log", "log_target", default="stderr", show_default=True, metavar="TARGET", help="Where the log goes: stderr, stdout, or a file appended to (created with mode 0640 less the umask; give ./stdout for a file named stdout). SIGHUP reopens the file, for logrotate.")
 @click.option("--logformat", type=click.Choice(LOG_FORMATS), default="text", show_default=True, metavar="FORMAT", help="Log line format: text, or json (one JSON object per line, for journald, Loki or Elasticsearch).")
-@click.option("--maxmessage", type=Size(), default="4M", show_default=True, help="Largest message, either way (also the longest stdout line); beyond it, close 1009.")
-@click.option("--maxheader", type=Size(), default="16K", show_default=True, help="Largest HTTP request head; beyond it, answer 431.")
+@click.option("--maxmessage", type=SIZE, default="4M", show_default=True, help="Largest message, either way (also the longest stdout line); beyond it, close 1009.")
+@click.option("--maxheader", type=SIZE, default="16K", show_default=True, help="Largest HTTP request head; beyond it, answer 431.")
 @click.option("--handshakems", type=int, default=10_000, show_default=True, help="Milliseconds a client has to send its complete request head.")
 @click.option("--gracems", type=int, default=2_000, show_default=True, help="Milliseconds to wait for the client's close reply, and for connections to end on shutdown.")
 @click.option("--pingms", type=int, default=0, show_default=True, help="Send a ping every MS milliseconds; a client silent for two intervals is dropped. 0: no pings.")

@@ -84,11 +84,12 @@ class Gate:
         self.fd = fd
         self.directory = ""
         self._alive = -1
-        # A directory others may pass through but not list (handlers run as
-        # --user reach the gate by its random name): in /run where there is
-        # one (no tmp cleaner ages it out), else in the temporary directory.
-        self.directory = tempfile.mkdtemp(prefix="wsexec-gate-", dir="/run" if os.access("/run", os.W_OK) else None)
         try:
+            # A directory others may pass through but not list (handlers run as
+            # --user reach the gate by its random name): in /run where there is
+            # one (no tmp cleaner ages it out), else in the temporary directory.
+            place = "/run" if os.access("/run", os.W_OK) else None
+            self.directory = tempfile.mkdtemp(prefix="wsexec-gate-", dir=place)
             os.chmod(self.directory, 0o711)
             self.path = os.path.join(self.directory, "gate")
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
